@@ -1,0 +1,36 @@
+# Embedded defaults: everything (Dagster SQLite storage, MLflow store, data) under .mlsd/ in this checkout.
+VENV ?= .venv
+PYTHON ?= python3
+export MLSD_HOME ?= $(CURDIR)/.mlsd
+export DAGSTER_HOME ?= $(MLSD_HOME)/dagster
+BIN := $(VENV)/bin
+
+.PHONY: setup dagster-home pipeline dev test test-all lint bench
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# The instance config travels with the repo; DAGSTER_HOME holds the SQLite files next to it.
+dagster-home:
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+pipeline: setup dagster-home
+	$(BIN)/python -m mlsd_assets pipeline
+
+dev: setup dagster-home
+	$(BIN)/dagster dev -w workspace.yaml
+
+test: setup
+	$(BIN)/pytest -m "not slow"
+
+test-all: setup
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check mlsd_assets mlsd_assets_tests benchmarks

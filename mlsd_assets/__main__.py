@@ -1,0 +1,1 @@
+"""`python -m mlsd_assets`: command-line entry (being built)."""

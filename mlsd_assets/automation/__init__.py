@@ -1,0 +1,1 @@
+"""Jobs, schedules and sensors that run the pipeline without a person."""

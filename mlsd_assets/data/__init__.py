@@ -1,0 +1,1 @@
+"""Raw CIFAR-10 batches and the cleaned split."""

@@ -1,0 +1,28 @@
+"""The code location: every asset, check, job, schedule, sensor and resource of mlsd."""
+
+import dagster as dg
+
+from mlsd_assets.data import assets as data_assets
+from mlsd_assets.data import checks as data_checks
+from mlsd_assets.evaluation import assets as evaluation_assets
+from mlsd_assets.evaluation import checks as evaluation_checks
+from mlsd_assets.io_manager import ArtifactIOManager
+from mlsd_assets.resources import DataPaths
+from mlsd_assets.serving import assets as serving_assets
+from mlsd_assets.serving import checks as serving_checks
+from mlsd_assets.settings import load_settings
+from mlsd_assets.training import assets as training_assets
+from mlsd_assets.training import checks as training_checks
+
+settings = load_settings()
+_asset_modules = [data_assets, training_assets, serving_assets, evaluation_assets]
+_check_modules = [data_checks, training_checks, serving_checks, evaluation_checks]
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules(_asset_modules),
+    asset_checks=dg.load_asset_checks_from_modules(_check_modules),
+    resources={
+        "io_manager": ArtifactIOManager(root=str(settings.artifacts_dir)),
+        "paths": DataPaths(root=str(settings.data_dir)),
+    },
+)

@@ -1,0 +1,1 @@
+"""Evaluation of the running server and the champion/challenger gate."""

@@ -1,0 +1,1 @@
+"""Asset checks of this domain (being built)."""

@@ -1,0 +1,1 @@
+"""Model training and ONNX export, tracked in MLflow."""
