@@ -22,3 +22,17 @@ def test_split_round_trip(tmp_path: Path) -> None:
     assert loaded.counts() == {"train": 40, "validation": 10, "test": 10}
     assert loaded.content_hash == split.content_hash
     assert (loaded.images == split.images).all()
+
+
+def test_code_location_loads_without_heavy_libraries() -> None:
+    """The webserver, daemon and a light user-code image load the location without the ML stack."""
+    import subprocess
+    import sys
+
+    heavy = ["torch", "torchvision", "onnx", "onnxruntime", "mlflow", "docker", "matplotlib", "sklearn"]
+    code = (
+        "import sys, mlsd_assets.definitions as d; d.defs.get_repository_def(); "
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"imported at load time: {out.stdout.strip()}"
