@@ -1,5 +1,19 @@
-"""mlsd: CIFAR-10 from raw batches to an evaluated inference server, as Dagster assets."""
+"""mlsd: CIFAR-10 from raw batches to an evaluated inference server, as Dagster assets.
 
-from mlsd_assets.definitions import defs
+`defs` loads on first access (PEP 562): `dagster ... -m mlsd_assets` finds the code location, while importing
+the ML core (`mlsd_assets.ml`) does not pull in Dagster.
+"""
 
-__all__ = ["defs"]
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    if name == "defs":
+        from mlsd_assets.definitions import defs
+
+        return defs
+    raise AttributeError(f"module 'mlsd_assets' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), "defs"])

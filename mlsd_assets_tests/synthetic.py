@@ -47,7 +47,9 @@ def make_split(n_train: int = 400, n_validation: int = 100, n_test: int = 100, s
     return Cifar10Split(
         images=images,
         index=index,
-        dropped=pd.DataFrame({c: pd.Series([], dtype=str) for c in DROPPED_COLUMNS}),
+        dropped=pd.DataFrame(
+            {c: pd.Series([], dtype="int64" if c == "source_index" else str) for c in DROPPED_COLUMNS}
+        ),
         mean=tuple(float(x) for x in train.mean(axis=(0, 1, 2))),
         std=tuple(float(x) for x in train.std(axis=(0, 1, 2))),
     )
