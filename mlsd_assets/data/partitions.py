@@ -2,8 +2,23 @@
 
 import dagster as dg
 
-OFFICIAL_TRAIN_BATCHES: tuple[str, ...] = tuple(f"data_batch_{i}" for i in range(1, 6))
-OFFICIAL_TEST_BATCH = "test_batch"
-OFFICIAL_BATCHES: tuple[str, ...] = (*OFFICIAL_TRAIN_BATCHES, OFFICIAL_TEST_BATCH)
+from mlsd_assets.ml.batches import OFFICIAL_BATCHES, OFFICIAL_TEST_BATCH, OFFICIAL_TRAIN_BATCHES
+
+__all__ = [
+    "OFFICIAL_BATCHES",
+    "OFFICIAL_TEST_BATCH",
+    "OFFICIAL_TRAIN_BATCHES",
+    "raw_batches",
+    "add_official_batches",
+]
 
 raw_batches = dg.DynamicPartitionsDefinition(name="cifar10_batches")
+
+
+def add_official_batches(instance: dg.DagsterInstance) -> list[str]:
+    """Register the six official batches as partitions (idempotent); returns the keys that were new."""
+    known = set(instance.get_dynamic_partitions(raw_batches.name))
+    new = [key for key in OFFICIAL_BATCHES if key not in known]
+    if new:
+        instance.add_dynamic_partitions(raw_batches.name, new)
+    return new

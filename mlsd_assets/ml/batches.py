@@ -15,6 +15,9 @@ CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
 IMAGE_SHAPE: tuple[int, int, int] = (32, 32, 3)
+OFFICIAL_TRAIN_BATCHES: tuple[str, ...] = tuple(f"data_batch_{i}" for i in range(1, 6))
+OFFICIAL_TEST_BATCH = "test_batch"
+OFFICIAL_BATCHES: tuple[str, ...] = (*OFFICIAL_TRAIN_BATCHES, OFFICIAL_TEST_BATCH)
 
 
 class InvalidBatchError(ValueError):
@@ -24,7 +27,7 @@ class InvalidBatchError(ValueError):
 def image_hashes(images: np.ndarray) -> np.ndarray:
     """Content hash per image (blake2b-128 of its raw bytes): identity for dedup and leakage checks."""
     flat = np.ascontiguousarray(images).reshape(len(images), -1)
-    return np.array([hashlib.blake2b(row.tobytes(), digest_size=16).hexdigest() for row in flat], dtype="U32")
+    return np.array([hashlib.blake2b(row, digest_size=16).hexdigest() for row in flat], dtype="U32")
 
 
 @dataclass(frozen=True)
