@@ -1,1 +1,106 @@
-"""`python -m mlsd_assets`: command-line entry (being built)."""
+"""`python -m mlsd_assets`: the whole pipeline through Dagster's own execution (every run shows in the UI).
+
+`pipeline`: register the official batches, ingest each one (ingestion_job), build the split (split_job), then
+train, export, build and evaluate (training_job). `register-batches`: only register the official partitions.
+DAGSTER_HOME picks the instance (`make pipeline` sets it); other locations come from mlsd_assets.settings.
+"""
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import dagster as dg
+
+from mlsd_assets.automation.jobs import ingestion_job, split_job, training_job
+from mlsd_assets.automation.resources import root_cause
+from mlsd_assets.data.partitions import OFFICIAL_BATCHES, add_official_batches
+
+ORDER = (
+    "raw_cifar10",
+    "cifar10_split",
+    "cifar10_model",
+    "cifar10_onnx",
+    "inference_server_image",
+    "evaluation_report",
+)
+
+
+class PipelineFailed(RuntimeError):
+    """A run failed; the message names the job, partition, failed step and its cause."""
+
+
+def _execute(
+    defs: dg.Definitions, instance: dg.DagsterInstance, job_name: str, partition: str | None = None,
+    assets: Sequence[str] | None = None, run_config: dict | None = None,
+) -> dg.ExecuteInProcessResult:
+    where = f"{job_name}" + (f" [{partition}]" if partition else "")
+    print(f"--> {where}", flush=True)
+    result = defs.resolve_job_def(job_name).execute_in_process(
+        instance=instance,
+        partition_key=partition,
+        asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
+        run_config=run_config,
+        raise_on_error=False,
+    )
+    problems = [
+        f"step {event.step_key}: {root_cause(event.event_specific_data.error)}"
+        for event in result.get_step_failure_events()
+        if event.event_specific_data is not None and event.event_specific_data.error is not None
+    ]
+    # Blocking checks fail their run (caught above); the others are reported, as the UI shows them.
+    for ev in result.get_asset_check_evaluations():
+        if not ev.passed:
+            print(f"    check {ev.check_name} failed ({ev.severity.value}): {ev.description}", flush=True)
+    if problems or not result.success:
+        detail = "; ".join(problems) or "see the run in the UI"
+        raise PipelineFailed(f"{where} (run {result.run_id}) failed: {detail}")
+    for event in result.get_asset_materialization_events():
+        path = event.materialization.metadata.get("path")
+        print(f"    {event.asset_key.to_user_string()}: {path.value if path else 'materialized'}", flush=True)
+    return result
+
+
+def pipeline(through: str, epochs: int | None) -> None:
+    from mlsd_assets.definitions import defs
+
+    instance = dg.DagsterInstance.get()
+    new = add_official_batches(instance)
+    print(f"instance {instance.root_directory}: registered {len(new)} new partition(s)", flush=True)
+    stop = ORDER.index(through)
+    for partition in OFFICIAL_BATCHES:
+        _execute(defs, instance, ingestion_job.name, partition=partition)
+    if stop >= ORDER.index("cifar10_split"):
+        _execute(defs, instance, split_job.name)
+    if stop >= ORDER.index("cifar10_model"):
+        run_config = {"ops": {"cifar10_model": {"config": {"epochs": epochs}}}} if epochs else None
+        _execute(defs, instance, training_job.name, assets=ORDER[2 : stop + 1], run_config=run_config)
+    print(f"done through {through}; browse the runs with `make dev` (DAGSTER_HOME={instance.root_directory})")
+
+
+def register_batches() -> None:
+    instance = dg.DagsterInstance.get()
+    new = add_official_batches(instance)
+    print(f"registered {len(new)} new partition(s): {', '.join(new) or '-'} ({instance.root_directory})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mlsd_assets", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("pipeline", help="run the pipeline end to end (ingest, split, train, evaluate)")
+    run.add_argument("--through", choices=ORDER, default=ORDER[-1], help="stop after this asset")
+    run.add_argument("--epochs", type=int, default=None, help="override cifar10_model's epochs")
+    commands.add_parser("register-batches", help="register the official batches as raw_cifar10 partitions")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "pipeline":
+            pipeline(args.through, args.epochs)
+        else:
+            register_batches()
+    except PipelineFailed as exc:
+        print(f"pipeline failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,6 +9,7 @@ class DataPaths(dg.ConfigurableResource):
     """The project data root and the folders under it that assets and sensors agree on."""
 
     root: str
+    landing: str = ""  # overrides `<root>/landing` (MLSD_LANDING_DIR), e.g. a shared inbox elsewhere
 
     @property
     def root_dir(self) -> Path:
@@ -21,7 +22,7 @@ class DataPaths(dg.ConfigurableResource):
     @property
     def landing_dir(self) -> Path:
         """Where new data drops are put by people or upstream systems."""
-        return self.root_dir / "landing"
+        return Path(self.landing) if self.landing else self.root_dir / "landing"
 
     @property
     def drops_dir(self) -> Path:

@@ -1,0 +1,157 @@
+"""new_data_sensor: each drop kind becomes a partition and a run; incomplete waits, bad is quarantined."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from mlsd_assets.automation.drops import partition_key_for
+from mlsd_assets.automation.sensors import build_new_data_sensor
+from mlsd_assets.ml.sources import find_drop, read_drop
+from mlsd_assets.resources import DataPaths
+from mlsd_assets_tests.cifar_files import tar_gz, write_image_folder, write_pickle_batch
+from mlsd_assets_tests.synthetic import make_images
+
+SENSOR = build_new_data_sensor()
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> DataPaths:
+    return DataPaths(root=str(tmp_path / "data"))
+
+
+@pytest.fixture
+def instance() -> dg.DagsterInstance:
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def _tick(instance: dg.DagsterInstance, paths: DataPaths, cursor: str | None = None) -> dg.SensorResult:
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"paths": paths})
+    return SENSOR(context)
+
+
+def _ready(path: Path) -> Path:
+    path.with_name(path.name + ".ready").touch()
+    return path
+
+
+def _pickle_drop(landing: Path, name: str, n: int = 20, seed: int = 3) -> Path:
+    images, labels = make_images(n, seed=seed)
+    return write_pickle_batch(landing / name, images, labels, name)
+
+
+def _folder_drop(landing: Path, name: str, n: int = 20) -> Path:
+    images, labels = make_images(n, seed=4)
+    return write_image_folder(landing / name, images, labels)
+
+
+def _tar_drop(tmp: Path, landing: Path, name: str, n: int = 20) -> Path:
+    images, labels = make_images(n, seed=5)
+    folder = write_image_folder(tmp / name.removesuffix(".tar.gz"), images, labels)
+    return tar_gz(folder, landing / name)
+
+
+@pytest.mark.parametrize("kind", ["pickle", "folder", "tar.gz"])
+def test_complete_drop_becomes_partition_and_run(
+    kind: str, tmp_path: Path, instance: dg.DagsterInstance, paths: DataPaths
+) -> None:
+    landing = paths.landing_dir
+    landing.mkdir(parents=True)
+    name = {"pickle": "batch_7", "folder": "spring-photos", "tar.gz": "field batch.tar.gz"}[kind]
+    drop = {
+        "pickle": lambda: _pickle_drop(landing, name),
+        "folder": lambda: _folder_drop(landing, name),
+        "tar.gz": lambda: _tar_drop(tmp_path, landing, name),
+    }[kind]()
+    _ready(drop)
+    key = partition_key_for(name)
+
+    result = _tick(instance, paths)
+
+    [add] = result.dynamic_partitions_requests
+    assert add.partitions_def_name == "cifar10_batches" and list(add.partition_keys) == [key]
+    [request] = result.run_requests
+    assert request.partition_key == key and request.run_key == f"drop:{key}"
+    assert json.loads(result.cursor) == [key]
+    assert not drop.exists() and not list(landing.iterdir()), "drop and marker leave the landing dir"
+    batch = read_drop(find_drop(paths.drops_dir, key), key)
+    assert len(batch) == 20 and batch.partition == key
+
+
+def test_drop_without_marker_is_ignored(instance: dg.DagsterInstance, paths: DataPaths) -> None:
+    paths.landing_dir.mkdir(parents=True)
+    drop = _pickle_drop(paths.landing_dir, "half_copied")
+    result = _tick(instance, paths)
+    assert not result.run_requests and "no complete drop" in result.skip_reason.skip_message
+    assert drop.exists()
+    _ready(drop)
+    assert [r.partition_key for r in _tick(instance, paths).run_requests] == ["half_copied"]
+
+
+def test_bad_drop_is_quarantined_once(instance: dg.DagsterInstance, paths: DataPaths) -> None:
+    paths.landing_dir.mkdir(parents=True)
+    images, labels = make_images(10)
+    labels[4] = 12
+    bad = _ready(write_pickle_batch(paths.landing_dir / "bad_labels", images, labels, "bad"))
+    garbage = paths.landing_dir / "garbage.tar.gz"
+    garbage.write_bytes(b"\x1f\x8b not really gzip")
+    _ready(garbage)
+
+    result = _tick(instance, paths)
+
+    assert not result.run_requests and not result.dynamic_partitions_requests
+    assert "2 drop(s) quarantined" in result.skip_reason.skip_message
+    assert not bad.exists() and not garbage.exists()
+    reason = (paths.quarantine_dir / "bad_labels.reason.txt").read_text()
+    assert "bad_labels" in reason and "out of range" in reason and "index 4" in reason
+    assert (paths.quarantine_dir / "garbage.tar.gz").exists()
+    assert (paths.quarantine_dir / "garbage.tar.gz.reason.txt").read_text().strip()
+    reported = [e.metadata["quarantined_drop"].value for e in result.asset_events]
+    assert len(reported) == 2 and any("bad_labels" in r for r in reported)
+    again = _tick(instance, paths, result.cursor)
+    assert not again.run_requests and not again.asset_events, "a quarantined drop is never retried"
+
+
+def test_cursor_prevents_reprocessing(instance: dg.DagsterInstance, paths: DataPaths) -> None:
+    paths.landing_dir.mkdir(parents=True)
+    _ready(_pickle_drop(paths.landing_dir, "batch_8"))
+    first = _tick(instance, paths)
+    assert [r.partition_key for r in first.run_requests] == ["batch_8"]
+
+    # build_sensor_context does not apply partition requests: only the cursor stands before a re-run.
+    assert not _tick(instance, paths, first.cursor).run_requests
+    recovered = _tick(instance, paths, cursor=None)
+    assert [r.partition_key for r in recovered.run_requests] == ["batch_8"], "no cursor: resumed from drops/"
+
+    # The same name delivered again is not new data under an existing key: quarantined, not re-ingested.
+    _ready(_pickle_drop(paths.landing_dir, "batch_8", seed=9))
+    dup = _tick(instance, paths, first.cursor)
+    assert not dup.run_requests
+    assert "already exists" in (paths.quarantine_dir / "batch_8.reason.txt").read_text()
+
+
+def test_unusable_name_is_quarantined(instance: dg.DagsterInstance, paths: DataPaths) -> None:
+    paths.landing_dir.mkdir(parents=True)
+    _ready(_pickle_drop(paths.landing_dir, "---"))
+    result = _tick(instance, paths)
+    assert not result.run_requests
+    assert "no usable partition key" in (paths.quarantine_dir / "---.reason.txt").read_text()
+
+
+def test_official_batch_name_is_not_a_drop(instance: dg.DagsterInstance, paths: DataPaths) -> None:
+    paths.landing_dir.mkdir(parents=True)
+    _ready(_pickle_drop(paths.landing_dir, "data_batch_1"))
+    assert not _tick(instance, paths).run_requests
+    assert (paths.quarantine_dir / "data_batch_1.reason.txt").exists()
+
+
+def test_partition_keys_are_safe() -> None:
+    assert partition_key_for("new batch 7.tar.gz") == "new_batch_7"
+    assert partition_key_for("photos.TGZ") == "photos"
+    assert partition_key_for("-x (1)") == "x_1"
+    with pytest.raises(ValueError, match="no usable partition key"):
+        partition_key_for("...tar.gz")
+    assert np.unique([partition_key_for(n) for n in ("a", "a.tar", "a.tar.gz")]).tolist() == ["a"]
