@@ -1,1 +1,166 @@
-"""Assets of this domain (being built)."""
+"""evaluation_report: start the built image, send the whole test split over HTTP, record what users get."""
+
+import hashlib
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import dagster as dg
+
+from mlsd_assets.evaluation.report import EvaluationReport
+from mlsd_assets.ml.artifacts import OnnxModel
+from mlsd_assets.ml.splits import Cifar10Split
+from mlsd_assets.resources import DataPaths
+from mlsd_assets.serving.artifacts import ServerImage
+from mlsd_assets.serving.assets import TRANSIENT_RETRY
+from mlsd_assets.serving.resources import DockerEngine
+from mlsd_assets.training.resources import MLflowTracking
+
+# Model-version tags the promotion gate reads back for the champion.
+ACCURACY_TAG = "mlsd.eval.accuracy"
+P95_TAG = "mlsd.eval.latency_p95_ms"
+
+
+class EvaluationConfig(dg.Config):
+    """`local_process` runs the same server module without Docker; the report then says so plainly."""
+
+    runtime: Literal["container", "local_process"] = "container"
+    batch_size: int = 256
+    single_image_requests: int = 0  # 0: every test image, one request each
+    health_timeout_s: float = 120.0
+
+
+def _check_image_serves(image: ServerImage, model: OnnxModel, model_sha256: str, labels: dict) -> None:
+    """What is promoted must be what was measured: the image has to carry exactly this ONNX file."""
+    if labels.get("mlsd.model_sha256") != model_sha256:
+        raise dg.Failure(
+            f"image {image.tag} ({image.image_id[:19]}) carries model sha256 "
+            f"{labels.get('mlsd.model_sha256')!r}, "
+            f"but cifar10_onnx v{model.registered_model_version} is {model_sha256}: rematerialize "
+            "inference_server_image"
+        )
+
+
+@dg.asset(group_name="evaluation", kinds={"docker", "mlflow"}, retry_policy=TRANSIENT_RETRY)
+def evaluation_report(
+    context: dg.AssetExecutionContext,
+    config: EvaluationConfig,
+    inference_server_image: ServerImage,
+    cifar10_onnx: OnnxModel,
+    cifar10_split: Cifar10Split,
+    docker: DockerEngine,
+    mlflow: MLflowTracking,
+    paths: DataPaths,
+) -> EvaluationReport:
+    """The container is always removed afterwards (also on failure or interrupt); every server prediction
+    must equal the offline ONNX one, or the asset fails instead of reporting a number."""
+    from mlsd_assets.evaluation.measure import measure_server, offline_predictions
+    from mlsd_assets.evaluation.report import classification_metrics, draw_confusion, latency_summary_ms
+    from mlsd_assets.serving.runtime import running_container, running_local_process
+
+    images, labels = cifar10_split.arrays("test")
+    if len(images) == 0:
+        raise dg.Failure("cifar10_split has no test images: nothing to evaluate")
+    version = cifar10_onnx.registered_model_version
+    model_sha256 = hashlib.sha256(cifar10_onnx.model_bytes).hexdigest()
+    out_dir = paths.reports_dir / "evaluation" / f"v{version}-{context.run.run_id[:8]}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    expected = offline_predictions(cifar10_onnx.model_bytes, images)
+    single = min(config.single_image_requests or len(images), len(images))
+
+    if config.runtime == "container":
+        client = docker.client()
+        image_labels = client.images.get(inference_server_image.image_id).labels or {}
+        _check_image_serves(inference_server_image, cifar10_onnx, model_sha256, image_labels)
+        name = f"mlsd-eval-{context.run.run_id[:8]}-{uuid.uuid4().hex[:6]}"
+        server = running_container(
+            client, inference_server_image.image_id, name, context.log, config.health_timeout_s
+        )
+    else:
+        model_path = out_dir / "model.onnx"
+        model_path.write_bytes(cifar10_onnx.model_bytes)
+        server = running_local_process(
+            model_path, out_dir / "server.log", context.log, config.health_timeout_s
+        )
+    with server as running:
+        measured = measure_server(running.base_url, images, expected, config.batch_size, single, context.log)
+
+    classes = cifar10_onnx.classes
+    accuracy, per_class, confusion = classification_metrics(labels, measured.predictions, classes)
+    title = f"{cifar10_onnx.registered_model_name} v{version}"
+    png = draw_confusion(confusion, classes, out_dir / "confusion_matrix.png", title)
+    report = EvaluationReport(
+        model_name=cifar10_onnx.registered_model_name,
+        model_version=version,
+        mlflow_run_id=cifar10_onnx.mlflow_run_id,
+        runtime=running.runtime,
+        server=running.name,
+        image_tag=inference_server_image.tag,
+        image_id=inference_server_image.image_id,
+        image_size_bytes=inference_server_image.size_bytes,
+        test_images=len(images),
+        accuracy=accuracy,
+        per_class=per_class,
+        confusion=confusion,
+        latency_ms=latency_summary_ms(measured.single_seconds),
+        single_requests=measured.single_requests,
+        batch_size=config.batch_size,
+        batched_images_per_s=measured.batched_images_per_s,
+        errors=measured.errors,
+        parity_images=len(images),
+        parity_mismatches=0,
+        server_metrics=measured.server_metrics,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        files={
+            "json": str(out_dir / "report.json"),
+            "markdown": str(out_dir / "report.md"),
+            "confusion_png": str(png),
+        },
+    )
+    report.save(out_dir / "report.json")
+    (out_dir / "report.md").write_text(report.markdown())
+    _log_to_mlflow(mlflow, report, out_dir)
+    context.add_output_metadata(
+        {
+            "report": dg.MetadataValue.md(report.markdown() + f"\n![confusion matrix]({png.as_uri()})\n"),
+            "confusion_matrix": dg.MetadataValue.path(str(png)),
+            "runtime": report.runtime,
+            "accuracy": report.accuracy,
+            "latency_p50_ms": round(report.latency_ms["p50"], 3),
+            "latency_p95_ms": round(report.latency_ms["p95"], 3),
+            "latency_p99_ms": round(report.latency_ms["p99"], 3),
+            "batched_images_per_s": round(report.batched_images_per_s, 1),
+            "errors": report.errors,
+            "parity": f"{report.parity_images - report.parity_mismatches}/{report.parity_images}",
+            "image_size_mb": round(report.image_size_bytes / 1e6, 1),
+            "mlflow_run_url": dg.MetadataValue.url(mlflow.run_url(report.mlflow_run_id)),
+        }
+    )
+    return report
+
+
+def _log_to_mlflow(mlflow: MLflowTracking, report: EvaluationReport, out_dir: Path) -> None:
+    """Into the model's own run (figures + files) and onto its registry version (what the gate reads)."""
+    client = mlflow.client()
+    run_id = report.mlflow_run_id
+    figures = {
+        "eval_accuracy": report.accuracy,
+        "eval_latency_p50_ms": report.latency_ms["p50"],
+        "eval_latency_p95_ms": report.latency_ms["p95"],
+        "eval_latency_p99_ms": report.latency_ms["p99"],
+        "eval_batched_images_per_s": report.batched_images_per_s,
+        "eval_errors": float(report.errors),
+    }
+    for key, value in figures.items():
+        client.log_metric(run_id, key, value)
+    client.set_tag(run_id, "mlsd.eval.runtime", report.runtime)
+    for name in ("report.json", "report.md", "confusion_matrix.png"):
+        client.log_artifact(run_id, str(out_dir / name), artifact_path="evaluation")
+    version_tags = {
+        ACCURACY_TAG: str(report.accuracy),
+        P95_TAG: str(report.latency_ms["p95"]),
+        "mlsd.eval.runtime": report.runtime,
+    }
+    for key, value in version_tags.items():
+        client.set_model_version_tag(report.model_name, report.model_version, key, value)

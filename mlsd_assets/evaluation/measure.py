@@ -1,0 +1,89 @@
+"""Measure a running server against offline ONNX predictions: parity on every image, accuracy, latency."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from mlsd_assets.evaluation.client import ServerClient, batched_pass, single_image_pass
+
+
+class EvaluationError(RuntimeError):
+    """The server could not be measured honestly (errors, or predictions differing from offline ONNX)."""
+
+
+def offline_predictions(model_bytes: bytes, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """The same ONNX file run in-process: the reference the server must reproduce exactly."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    name, out = session.get_inputs()[0].name, session.get_outputs()[0].name
+    starts = range(0, len(images), batch_size)
+    chunks = [session.run([out], {name: images[i : i + batch_size]})[0] for i in starts]
+    return np.concatenate(chunks).argmax(axis=1)
+
+
+@dataclass(frozen=True)
+class Measurements:
+    predictions: np.ndarray
+    single_seconds: list[float]
+    single_requests: int
+    batched_images_per_s: float
+    errors: int
+    server_metrics: dict[str, float]
+
+
+def server_counters(metrics_text: str) -> dict[str, float]:
+    """Predict-request totals from the server's own /metrics, to cross-check what the client saw."""
+    totals = {"requests": 0.0, "errors_4xx": 0.0, "errors_5xx": 0.0, "images": 0.0}
+    pattern = r'^mlsd_http_requests_total\{path="/v1/predict",[^}]*status="(\d+)"\} (\S+)$'
+    for status, n in re.findall(pattern, metrics_text, re.M):
+        totals["requests"] += float(n)
+        if status.startswith("4"):
+            totals["errors_4xx"] += float(n)
+        elif status.startswith("5"):
+            totals["errors_5xx"] += float(n)
+    images = re.search(r"^mlsd_predicted_images_total (\S+)$", metrics_text, re.M)
+    totals["images"] = float(images.group(1)) if images else 0.0
+    return totals
+
+
+def measure_server(
+    base_url: str,
+    images: np.ndarray,
+    expected: np.ndarray,
+    batch_size: int,
+    single_requests: int,
+    log: logging.Logger,
+) -> Measurements:
+    """Every image batched (throughput, parity) and `single_requests` images one by one (latency, parity).
+    Raises EvaluationError on any failed request or any prediction that differs from offline ONNX."""
+    client = ServerClient(base_url)
+    try:
+        batched = batched_pass(client, images, batch_size)
+        singles = single_image_pass(client, images[:single_requests])
+        metrics = server_counters(client.get("/metrics").decode())
+    finally:
+        client.close()
+    errors = batched.errors + singles.errors
+    if errors:
+        raise EvaluationError(f"{len(errors)} requests to {base_url} failed; first: {errors[:3]}")
+    for what, got, want in (
+        ("batched", batched.predictions, expected),
+        ("single-image", singles.predictions, expected[:single_requests]),
+    ):
+        wrong = np.flatnonzero(got != want)
+        if wrong.size:
+            raise EvaluationError(
+                f"{what} server predictions differ from offline ONNX on {wrong.size}/{len(want)} images "
+                f"(first at index {int(wrong[0])}: server {int(got[wrong[0]])}, "
+                f"offline {int(want[wrong[0]])})"
+            )
+    if metrics["errors_5xx"]:
+        raise EvaluationError(f"server counted {metrics['errors_5xx']:.0f} 5xx responses during evaluation")
+    throughput = len(images) / batched.wall_seconds
+    log.info(f"{len(images)} images batched at {throughput:,.0f}/s; {single_requests} single requests")
+    return Measurements(batched.predictions, singles.seconds, single_requests, throughput, 0, metrics)

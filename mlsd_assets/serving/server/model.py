@@ -1,0 +1,116 @@
+"""The ONNX model and the input contract embedded in it: the server learns everything from the model file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+_REQUIRED = ("mlsd.classes", "mlsd.input_name", "mlsd.output_name", "mlsd.input_layout", "mlsd.input_dtype")
+
+
+class ModelContractError(ValueError):
+    """The model file does not carry the contract the server needs (raised at start-up, never per request)."""
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    """Names, layout and classes from the model's `mlsd.*` metadata, cross-checked with the graph itself."""
+
+    input_name: str
+    output_name: str
+    classes: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+    metadata: dict[str, str]
+
+    @property
+    def image_bytes(self) -> int:
+        return int(np.prod(self.image_shape))
+
+    @property
+    def version(self) -> str:
+        return self.metadata.get("mlsd.registered_model_version", "")
+
+    @classmethod
+    def from_session(cls, path: Path, session: ort.InferenceSession) -> ModelContract:
+        meta = dict(session.get_modelmeta().custom_metadata_map)
+        missing = [k for k in _REQUIRED if k not in meta]
+        if missing:
+            raise ModelContractError(f"{path}: metadata_props lacks {missing}")
+        if meta["mlsd.input_layout"] != "NHWC" or meta["mlsd.input_dtype"] != "uint8":
+            raise ModelContractError(
+                f"{path}: server expects uint8 NHWC input, model declares "
+                f"{meta['mlsd.input_dtype']} {meta['mlsd.input_layout']}"
+            )
+        inputs = {i.name: i for i in session.get_inputs()}
+        node = inputs.get(meta["mlsd.input_name"])
+        if node is None or node.type != "tensor(uint8)":
+            raise ModelContractError(f"{path}: graph input {meta['mlsd.input_name']!r} missing or not uint8")
+        dims = node.shape[1:]
+        if len(node.shape) != 4 or not all(isinstance(d, int) and d > 0 for d in dims):
+            raise ModelContractError(f"{path}: input shape must be [batch, H, W, C], got {node.shape}")
+        if meta["mlsd.output_name"] not in {o.name for o in session.get_outputs()}:
+            raise ModelContractError(f"{path}: graph output {meta['mlsd.output_name']!r} missing")
+        try:
+            classes = tuple(str(c) for c in json.loads(meta["mlsd.classes"]))
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ModelContractError(f"{path}: mlsd.classes is not a JSON list: {exc}") from exc
+        return cls(meta["mlsd.input_name"], meta["mlsd.output_name"], classes, tuple(dims), meta)
+
+    def describe(self) -> dict[str, Any]:
+        """The public contract for /metadata: what a client must send and what the numbers mean."""
+        m = self.metadata
+        return {
+            "model_name": m.get("mlsd.registered_model_name", ""),
+            "model_version": self.version,
+            "mlflow_run_id": m.get("mlsd.mlflow_run_id", ""),
+            "architecture": m.get("mlsd.architecture", ""),
+            "dataset_hash": m.get("mlsd.dataset_hash", ""),
+            "opset": m.get("mlsd.opset", ""),
+            "classes": list(self.classes),
+            "input": {
+                "name": self.input_name,
+                "dtype": "uint8",
+                "layout": "NHWC",
+                "shape": [-1, *self.image_shape],
+                "mean": _json_or_raw(m.get("mlsd.mean")),
+                "std": _json_or_raw(m.get("mlsd.std")),
+                "normalisation": "inside the graph: send raw 0..255 pixels",
+            },
+            "output": {"name": self.output_name, "dtype": "float32", "shape": [-1, len(self.classes)]},
+        }
+
+
+def _json_or_raw(value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+class Predictor:
+    """One ORT session tuned for a small CPU server: sequential graph, no busy-spinning threads by default."""
+
+    def __init__(self, model_path: Path, intra_op_threads: int = 1, spinning: bool = False) -> None:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        self.session = ort.InferenceSession(
+            str(model_path), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+        self.contract = ModelContract.from_session(model_path, self.session)
+        self._outputs = [self.contract.output_name]
+        # Warm up before /health says ok, so the first client does not pay for lazy initialisation.
+        self.logits(np.zeros((1, *self.contract.image_shape), dtype=np.uint8))
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run(self._outputs, {self.contract.input_name: images})[0]
