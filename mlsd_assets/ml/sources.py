@@ -13,7 +13,6 @@ Any other partition key is a data drop read from `<drops dir>/<key>` (a CIFAR pi
 
 from __future__ import annotations
 
-import fcntl
 import gzip
 import hashlib
 import json
@@ -27,12 +26,12 @@ import tempfile
 import urllib.error
 import urllib.parse
 import zlib
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path, PurePath
 
 import numpy as np
 
+from mlsd_assets.ml.atomic import file_lock
 from mlsd_assets.ml.batches import (
     CIFAR10_CLASSES,
     OFFICIAL_BATCHES,
@@ -78,18 +77,6 @@ def _file_sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return "sha256:" + h.hexdigest()
-
-
-@contextmanager
-def _locked(lock_file: Path) -> Iterator[None]:
-    """Serialise work on a shared cache between partitions that run in parallel processes."""
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _batch(
@@ -141,7 +128,7 @@ def read_official_batch(
 def download_official(url: str, md5: str, downloads_dir: Path, log: logging.Logger) -> Path:
     """Download, md5-check and extract once (torchvision utilities); returns cifar-10-batches-py/."""
     marker = downloads_dir / f".{CIFAR10_ARCHIVE}.{md5}.extracted"
-    with _locked(downloads_dir / ".download.lock"):
+    with file_lock(downloads_dir / ".download.lock"):
         if not marker.exists():
             archive = downloads_dir / CIFAR10_ARCHIVE
             if not archive.exists():
@@ -235,7 +222,7 @@ def _read_tree_tar_cached(path: Path, partition: str, downloads_dir: Path, log: 
     archive_hash = _file_sha256(path)
     cache_root = downloads_dir / "unpacked"
     cache = cache_root / f"v1-{archive_hash.removeprefix('sha256:')}"  # v1: the .npy layout below
-    with _locked(cache_root / f"{cache.name}.lock"):
+    with file_lock(cache_root / f"{cache.name}.lock"):
         if not cache.is_dir():
             log.info(f"{path}: decoding every image once into {cache}")
             _unpack_tree_tar(path, cache)

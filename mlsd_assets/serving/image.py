@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib.metadata
 import logging
@@ -11,12 +10,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mlsd_assets.ml.atomic import file_lock
 from mlsd_assets.serving.server import RUNTIME_REQUIREMENTS
 
 if TYPE_CHECKING:
@@ -60,22 +59,11 @@ def wheelhouse_pins(wheelhouse: Path) -> list[str]:
     return pins
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def ensure_wheelhouse(cache_dir: Path, pins: Sequence[str], log: logging.Logger) -> Path:
     """Download the image's wheels once per pin set: the host reaches PyPI, the image build does not."""
     key = hashlib.sha256("\n".join([WHEEL_PYTHON, *WHEEL_PLATFORMS, *sorted(pins)]).encode()).hexdigest()[:16]
     dest = cache_dir / f"wheelhouse-{key}"
-    with _locked(cache_dir / f".wheelhouse-{key}.lock"):
+    with file_lock(cache_dir / f".wheelhouse-{key}.lock"):
         if (dest / ".complete").exists():
             log.info("wheelhouse cached at %s (%d wheels)", dest, len(list(dest.glob("*.whl"))))
             return dest
