@@ -5,7 +5,7 @@ export MLSD_HOME ?= $(CURDIR)/.mlsd
 export DAGSTER_HOME ?= $(MLSD_HOME)/dagster
 BIN := $(VENV)/bin
 
-.PHONY: setup dagster-home pipeline dev test test-all lint bench
+.PHONY: setup dagster-home engine pipeline dev test test-all lint
 
 setup: $(VENV)/.installed
 
@@ -20,7 +20,11 @@ dagster-home:
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
-pipeline: setup dagster-home
+# The last two assets build and run a real image: start a local engine + offline base image when missing.
+engine:
+	docker/engine/prepare.sh
+
+pipeline: setup dagster-home engine
 	$(BIN)/python -m mlsd_assets pipeline
 
 dev: setup dagster-home

@@ -1,1 +1,189 @@
-"""Assets of this domain (being built)."""
+"""cifar10_model (trained, tracked, registered) and cifar10_onnx (the file the server runs)."""
+
+import hashlib
+import io
+import json
+import shutil
+from typing import TYPE_CHECKING
+
+import dagster as dg
+
+from mlsd_assets.ml.artifacts import META_PREFIX, OnnxModel, TrainedModel
+from mlsd_assets.ml.batches import CIFAR10_CLASSES
+from mlsd_assets.ml.splits import Cifar10Split
+from mlsd_assets.resources import DataPaths
+from mlsd_assets.training import tracking
+from mlsd_assets.training.config import ModelConfig
+from mlsd_assets.training.resources import DAGSTER_RUN_TAG, MLflowTracking
+
+if TYPE_CHECKING:
+    from mlsd_assets.ml.train import EpochStats
+
+
+def checkpoint_key(hyperparameters: dict[str, object], dataset_hash: str) -> str:
+    """Same config on the same data -> same folder, so a retry or re-launch finds its checkpoint."""
+    payload = json.dumps({"config": hyperparameters, "dataset": dataset_hash}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dg.asset(group_name="training", kinds={"pytorch", "mlflow"}, pool="training")
+def cifar10_model(
+    context: dg.AssetExecutionContext,
+    config: ModelConfig,
+    cifar10_split: Cifar10Split,
+    mlflow: MLflowTracking,
+    paths: DataPaths,
+) -> TrainedModel:
+    """Trains on the train split, selects the epoch by validation accuracy (test is never read here), logs the
+    run to MLflow and registers the model. Resumes from the per-epoch checkpoint of an interrupted attempt."""
+    import torch
+
+    from mlsd_assets.ml.env_info import environment
+    from mlsd_assets.ml.train import read_checkpoint, train
+
+    train_config = config.train_config()
+    hyperparameters = train_config.hyperparameters()
+    x_train, y_train = cifar10_split.arrays("train")
+    x_val, y_val = cifar10_split.arrays("validation")
+    for name, labels in (("train", y_train), ("validation", y_val)):
+        if len(labels) == 0:
+            raise ValueError(f"cifar10_split: the {name} split is empty; cannot train")
+
+    ckpt_dir = paths.checkpoints_dir / checkpoint_key(hyperparameters, cifar10_split.content_hash)
+    previous = read_checkpoint(ckpt_dir)
+    resume_run = (previous or {}).get("extra", {}).get("mlflow_run_id")
+    tags = {
+        DAGSTER_RUN_TAG: context.run.run_id,
+        "dagster.asset": "cifar10_model",
+        "architecture": train_config.architecture,
+        "dataset.content_hash": cifar10_split.content_hash,
+    }
+    run_id = mlflow.start_run(f"{train_config.architecture}-{context.run.run_id[:8]}", tags, resume_run)
+    if previous is not None:
+        context.log.info(f"checkpoint {ckpt_dir} holds epoch {previous['epoch']}; MLflow run {run_id}")
+    tracking.log_setup(mlflow, run_id, train_config, cifar10_split, environment())
+
+    def on_epoch(stats: "EpochStats") -> None:
+        context.log.info(
+            f"epoch {stats.epoch}/{stats.epochs}: train loss {stats.train_loss:.4f}"
+            f" acc {stats.train_accuracy:.4f} | val loss {stats.val_loss:.4f} acc {stats.val_accuracy:.4f}"
+            f" | {stats.images_per_second:.0f} img/s"
+            f" | {stats.epoch_seconds:.1f}s, ETA {stats.eta_seconds:.0f}s"
+        )
+        tracking.log_epoch(mlflow, run_id, stats)
+
+    try:
+        result = train(
+            x_train,
+            y_train,
+            x_val,
+            y_val,
+            cifar10_split.mean,
+            cifar10_split.std,
+            train_config,
+            context.log,
+            checkpoint_dir=ckpt_dir,
+            on_epoch=on_epoch,
+            checkpoint_extra={"mlflow_run_id": run_id},
+        )
+        title = f"{train_config.architecture} on dataset {cifar10_split.content_hash[:12]}"
+        info = tracking.log_result(mlflow, run_id, result, title)
+    except BaseException:
+        mlflow.client().set_terminated(run_id, "FAILED")
+        raise
+    mlflow.client().set_terminated(run_id, "FINISHED")
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the model lives in MLflow and the artifact store
+
+    buffer = io.BytesIO()
+    torch.save(result.model.state_dict(), buffer)
+    version = str(info.registered_model_version)
+    url = mlflow.run_url(run_id)
+    context.add_output_metadata(
+        {
+            "mlflow_run_id": run_id,
+            "mlflow_run_url": dg.MetadataValue.url(url),
+            "registered_model": f"{mlflow.registered_model_name} v{version}",
+            "architecture": train_config.architecture,
+            "val_accuracy": result.validation["accuracy"],
+            "val_loss": result.validation["loss"],
+            "best_epoch": result.best_epoch,
+            "epochs": train_config.epochs,
+            "resumed_from_epoch": result.resumed_from_epoch,
+            "train_seconds": round(result.train_seconds, 1),
+            "images_per_second": round(result.history[-1].images_per_second, 1) if result.history else 0.0,
+            "precision": result.precision,
+            "dataset_hash": cifar10_split.content_hash,
+            "hyperparameters": dg.MetadataValue.json(hyperparameters),
+        }
+    )
+    return TrainedModel(
+        architecture=train_config.architecture,
+        hyperparameters=hyperparameters,
+        state_dict_bytes=buffer.getvalue(),
+        mean=cifar10_split.mean,
+        std=cifar10_split.std,
+        classes=CIFAR10_CLASSES,
+        validation_metrics={k: float(v) for k, v in result.validation.items()},
+        dataset_hash=cifar10_split.content_hash,
+        partitions=tuple(cifar10_split.partitions),
+        mlflow_run_id=run_id,
+        registered_model_name=mlflow.registered_model_name,
+        registered_model_version=version,
+        best_epoch=result.best_epoch,
+        extra={"mlflow_model_uri": info.model_uri, "precision": result.precision},
+    )
+
+
+def onnx_metadata(model: TrainedModel, opset: int) -> dict[str, str]:
+    """The serving contract written into the file (`mlsd.*` metadata_props)."""
+    from mlsd_assets.ml.export import INPUT_NAME, OUTPUT_NAME
+
+    values = {
+        "classes": json.dumps(list(model.classes)),
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "input_layout": "NHWC",
+        "input_dtype": "uint8",
+        "mean": json.dumps(list(model.mean)),
+        "std": json.dumps(list(model.std)),
+        "architecture": model.architecture,
+        "mlflow_run_id": model.mlflow_run_id,
+        "registered_model_name": model.registered_model_name,
+        "registered_model_version": model.registered_model_version,
+        "dataset_hash": model.dataset_hash,
+        "opset": str(opset),
+    }
+    return {f"{META_PREFIX}{k}": v for k, v in values.items()}
+
+
+@dg.asset(group_name="training", kinds={"onnx"})
+def cifar10_onnx(
+    context: dg.AssetExecutionContext, cifar10_model: TrainedModel, mlflow: MLflowTracking
+) -> OnnxModel:
+    """Raw uint8 NHWC pixels in, float32 logits out; preprocessing is inside the graph so no server
+    can normalise wrongly. Parity with PyTorch is the blocking check `check_cifar10_onnx_parity`."""
+    import tempfile
+    from pathlib import Path
+
+    from mlsd_assets.ml.export import INPUT_NAME, OPSET, OUTPUT_NAME, export_onnx
+
+    metadata = onnx_metadata(cifar10_model, OPSET)
+    data = export_onnx(cifar10_model.inference_model(), metadata, context.log)
+    with tempfile.TemporaryDirectory(prefix="mlsd-onnx-") as tmp:
+        path = Path(tmp) / "cifar10.onnx"
+        path.write_bytes(data)
+        mlflow.client().log_artifact(cifar10_model.mlflow_run_id, str(path), artifact_path="onnx")
+    context.add_output_metadata(
+        {
+            "opset": OPSET,
+            "size_bytes": len(data),
+            "input": f"{INPUT_NAME}: uint8 [batch, 32, 32, 3] NHWC",
+            "output": f"{OUTPUT_NAME}: float32 [batch, 10]",
+            "mean": dg.MetadataValue.json(list(cifar10_model.mean)),
+            "std": dg.MetadataValue.json(list(cifar10_model.std)),
+            "classes": dg.MetadataValue.json(list(cifar10_model.classes)),
+            "mlflow_run_id": cifar10_model.mlflow_run_id,
+            "registered_model_version": cifar10_model.registered_model_version,
+        }
+    )
+    return OnnxModel(model_bytes=data, metadata=metadata)

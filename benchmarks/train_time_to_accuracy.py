@@ -1,0 +1,156 @@
+"""Time to accuracy on real CIFAR-10: train on the 50k train images, report test accuracy after every epoch.
+
+    .venv/bin/python benchmarks/train_time_to_accuracy.py --preset fast        # default airbench config
+    .venv/bin/python benchmarks/train_time_to_accuracy.py --preset long
+    .venv/bin/python benchmarks/train_time_to_accuracy.py --preset vgg11       # seed-parity recipe, 1 epoch
+
+Training time counts optimisation only (the per-epoch test pass is timed apart); the test set is used for
+reporting only, and the final epoch's model is the one measured (no selection on test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import logging
+import os
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpeg.tar.gz"
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+PRESETS: dict[str, dict[str, object]] = {
+    "fast": {},  # the code's default TrainConfig
+    "long": {"widths": (64, 128, 128), "epochs": 18},
+    "vgg11": {"architecture": "vgg11"},
+}
+
+
+def read_jpeg_tarball(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """`train|test/<class>/<file>.jpg` -> uint8 NHWC arrays and labels, in sorted file order."""
+    from PIL import Image
+
+    images: dict[str, list[tuple[str, int, np.ndarray]]] = {"train": [], "test": []}
+    with tarfile.open(path, "r:gz") as tar:
+        for member in tar:
+            parts = member.name.strip("./").split("/")
+            if not member.isfile() or len(parts) != 3 or parts[0] not in images:
+                continue
+            data = tar.extractfile(member).read()  # type: ignore[union-attr]
+            pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.uint8)
+            images[parts[0]].append((member.name, CLASSES.index(parts[1]), pixels))
+    out = {}
+    for split, rows in images.items():
+        rows.sort(key=lambda r: r[0])
+        out[split] = (np.stack([r[2] for r in rows]), np.array([r[1] for r in rows], dtype=np.int64))
+    return out
+
+
+def load_cached(path: Path, cache: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    if cache.exists():
+        with np.load(cache) as z:
+            return {s: (z[f"{s}_x"], z[f"{s}_y"]) for s in ("train", "test")}
+    data = read_jpeg_tarball(path)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        cache, **{f"{s}_x": x for s, (x, _) in data.items()}, **{f"{s}_y": y for s, (_, y) in data.items()}
+    )
+    return data
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/mlsd-bench/cifar10-jpeg.npz"))
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="fast")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"))
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--limit-train", type=int, default=0, help="use only the first N train images (smoke)"
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="any TrainConfig field"
+    )
+    args = parser.parse_args()
+
+    if not args.data.exists():
+        print(f"data not found: {args.data} (pass --data PATH to cifar10-jpeg.tar.gz)", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    log = logging.getLogger("bench")
+
+    import torch
+
+    from mlsd_assets.ml.train import TrainConfig, default_config, train
+
+    overrides = dict(PRESETS[args.preset])
+    architecture = str(overrides.pop("architecture", "airbench"))
+    for name in ("epochs", "batch_size", "lr", "precision"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in fields:
+            parser.error(f"--set {item}: unknown TrainConfig field {key!r}")
+        default = getattr(TrainConfig(), key)
+        overrides[key] = (
+            (value.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)(value)
+        )
+    config = default_config(architecture, threads=args.threads, **overrides)
+
+    t0 = time.perf_counter()
+    data = load_cached(args.data, args.cache)
+    x_train, y_train = data["train"]
+    if args.limit_train:
+        x_train, y_train = x_train[: args.limit_train], y_train[: args.limit_train]
+    x_test, y_test = data["test"]
+    mean = tuple(float(v) for v in (x_train / 255.0).mean(axis=(0, 1, 2)))
+    std = tuple(float(v) for v in (x_train / 255.0).std(axis=(0, 1, 2)))
+    load_s = time.perf_counter() - t0
+
+    load = os.getloadavg()
+    print(f"nproc={os.cpu_count()} threads={args.threads} loadavg={load[0]:.2f},{load[1]:.2f},{load[2]:.2f}")
+    print(
+        f"torch={torch.__version__} data: {len(x_train)} train / {len(x_test)} test, loaded in {load_s:.1f}s"
+    )
+    print(f"config: {config.hyperparameters()}")
+
+    cumulative = {"train": 0.0}
+
+    def on_epoch(stats) -> None:  # type: ignore[no-untyped-def]
+        cumulative["train"] += stats.train_seconds
+        print(
+            f"epoch {stats.epoch:>2}/{stats.epochs}  test_acc {stats.val_accuracy:.4f}"
+            f"  train_loss {stats.train_loss:.4f}  train_s {stats.train_seconds:6.1f}"
+            f"  cum_train_s {cumulative['train']:7.1f}  images/s {stats.images_per_second:6.0f}"
+            f"  eval_s {stats.epoch_seconds - stats.train_seconds:5.1f}",
+            flush=True,
+        )
+
+    wall = time.perf_counter()
+    result = train(x_train, y_train, x_test, y_test, mean, std, config, log, on_epoch=on_epoch, select="last")
+    wall = time.perf_counter() - wall
+    images = sum(len(y_train) // config.batch_size * config.batch_size for _ in result.history)
+    print(
+        f"RESULT preset={args.preset} arch={config.architecture} epochs={config.epochs}"
+        f" precision={result.precision}"
+        f" final_test_acc(fp32{', flip-TTA' if config.flip_tta else ''})={result.validation['accuracy']:.4f}"
+        f" train_s={cumulative['train']:.1f} wall_s={wall:.1f} images/s={images / cumulative['train']:.0f}"
+        f" loadavg_end={os.getloadavg()[0]:.2f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

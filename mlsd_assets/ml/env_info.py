@@ -1,0 +1,54 @@
+"""The software a model was made with: inference needs the same versions again, so every run records them."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES: tuple[str, ...] = ("torch", "torchvision", "onnx", "onnxruntime", "numpy", "mlflow", "dagster")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def os_info() -> dict[str, str]:
+    return {"os": platform.platform(), "machine": platform.machine(), "python_executable": sys.executable}
+
+
+def git_sha(repo_dir: Path | None = None) -> str:
+    """HEAD of the checkout the code runs from, '+dirty' with uncommitted changes, else 'unknown'."""
+    cwd = repo_dir or Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
+        )
+        if sha.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def environment() -> dict[str, str]:
+    """Flat record for MLflow tags/params: `version.<pkg>`, `os`, `machine`, `git_sha`."""
+    record = {f"version.{k}": v for k, v in package_versions().items()}
+    record |= os_info()
+    record["git_sha"] = git_sha()
+    return record

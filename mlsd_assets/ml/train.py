@@ -1,0 +1,431 @@
+"""Train and evaluate on CPU (GPU when present), checkpointing every epoch so an interrupted run resumes."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from mlsd_assets.ml.atomic import atomic_path
+from mlsd_assets.ml.loader import Augmentation, TrainBatches, eval_batches
+from mlsd_assets.ml.models import ARCHITECTURES, AirbenchNet, InferenceModel, build_model
+
+Precision = Literal["auto", "bf16", "fp32"]
+CHECKPOINT_NAME = "last.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters in plain PyTorch terms (mean-reduced loss, optimizer lr as given).
+
+    `bias_lr_scale` multiplies the lr of 1-d parameters (norm/whitening biases) and divides their weight
+    decay, airbench's trick for fast-moving biases. `schedule="triangle"` ramps lr from `lr_start` to 1 at
+    `warmup_fraction` of all steps, then down to `lr_end` (fractions of `lr`).
+    """
+
+    architecture: str = "airbench"
+    # Narrower than airbench94's (64, 256, 256): measured on a 2-core AMX CPU, 256-channel groups ran ~6x slower
+    # per image in bf16 (oneDNN), far more than their FLOPs; 128 keeps the fast kernels.
+    widths: tuple[int, int, int] = (32, 128, 128)
+    epochs: int = 10
+    batch_size: int = 1024
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = 1.5
+    momentum: float = 0.85
+    nesterov: bool = True
+    weight_decay: float = 1.33e-3
+    bias_lr_scale: float = 64.0
+    label_smoothing: float = 0.2
+    schedule: Literal["triangle", "constant"] = "triangle"
+    lr_start: float = 0.2
+    lr_end: float = 0.07
+    warmup_fraction: float = 0.23
+    whiten_bias_epochs: int = 3
+    lookahead: bool = True
+    crop_pad: int = 2
+    flip: bool = True
+    flip_tta: bool = True
+    precision: Precision = "auto"
+    channels_last: bool = True
+    seed: int = 0
+    threads: int = 0
+    eval_batch_size: int = 1000
+
+    def __post_init__(self) -> None:
+        choices = {
+            "architecture": ARCHITECTURES,
+            "optimizer": ("sgd", "adam", "adamw"),
+            "precision": ("auto", "bf16", "fp32"),
+            "schedule": ("triangle", "constant"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if len(self.widths) != 3 or min(self.widths) < 1:
+            raise ValueError(f"widths: expected three positive channel counts, got {self.widths}")
+        if not self.lr > 0:
+            raise ValueError(f"lr: must be > 0, got {self.lr}")
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "widths": list(self.widths)}
+
+
+def vgg11_parity_config(**overrides: Any) -> TrainConfig:
+    """The reference recipe (Adam 1e-3, batch 32, one epoch), on VGG-11 with batch norm so that it learns."""
+    base = TrainConfig(
+        architecture="vgg11",
+        epochs=1,
+        batch_size=32,
+        optimizer="adam",
+        lr=1e-3,
+        weight_decay=0.0,
+        bias_lr_scale=1.0,
+        label_smoothing=0.0,
+        schedule="constant",
+        lookahead=False,
+        flip_tta=False,
+        crop_pad=4,
+        whiten_bias_epochs=0,
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+def default_config(architecture: str, **overrides: Any) -> TrainConfig:
+    """The tuned defaults of an architecture, with `overrides` applied (unknown names raise TypeError)."""
+    if architecture == "vgg11":
+        return vgg11_parity_config(**overrides)
+    if architecture == "airbench":
+        return dataclasses.replace(TrainConfig(), **overrides)
+    build_model(architecture)  # raises the clear "unknown architecture" error
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class EpochStats:
+    epoch: int  # 1-based
+    epochs: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    images_per_second: float
+    train_seconds: float  # optimisation only
+    epoch_seconds: float  # with the validation pass
+    eta_seconds: float
+
+    def metrics(self) -> dict[str, float]:
+        names = (
+            "train_loss",
+            "train_accuracy",
+            "val_loss",
+            "val_accuracy",
+            "lr",
+            "images_per_second",
+            "train_seconds",
+            "epoch_seconds",
+        )
+        return {n: float(getattr(self, n)) for n in names}
+
+
+@dataclass
+class TrainResult:
+    model: InferenceModel  # fp32, eval mode, on CPU: the selected (best-validation) epoch's weights
+    history: list[EpochStats]
+    best_epoch: int
+    validation: dict[str, float]
+    resumed_from_epoch: int
+    train_seconds: float
+    precision: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def resolve_precision(precision: Precision, device: torch.device) -> str:
+    """bf16 autocast only where it is fast: CUDA with bf16, or CPUs with AMX/AVX512-BF16; fp32 else."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return (
+        "bf16"
+        if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        else "fp32"
+    )
+
+
+def _autocast(precision: str, device: torch.device) -> AbstractContextManager[Any]:
+    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+
+
+def read_checkpoint(checkpoint_dir: Path | None) -> dict[str, Any] | None:
+    """The last epoch's state, or None when this configuration never finished an epoch."""
+    if checkpoint_dir is None or not (checkpoint_dir / CHECKPOINT_NAME).exists():
+        return None
+    return torch.load(checkpoint_dir / CHECKPOINT_NAME, map_location="cpu", weights_only=False)
+
+
+def _write_checkpoint(checkpoint_dir: Path, state: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with atomic_path(checkpoint_dir / CHECKPOINT_NAME) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+
+
+def _optimizer(net: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    trainable = [(n, p) for n, p in net.named_parameters() if p.requires_grad or n == "whiten.bias"]
+    biases = [p for _, p in trainable if p.ndim <= 1]
+    weights = [p for _, p in trainable if p.ndim > 1]
+    scale = config.bias_lr_scale
+    groups = [
+        {"params": weights, "lr": config.lr, "weight_decay": config.weight_decay},
+        {"params": biases, "lr": config.lr * scale, "weight_decay": config.weight_decay / scale},
+    ]
+    for g in groups:
+        g["base_lr"] = g["lr"]
+    kwargs: dict[str, Any] = {"foreach": True}
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=config.momentum, nesterov=config.nesterov, **kwargs)
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(config.optimizer)
+    if cls is None:
+        raise ValueError(f"optimizer: unknown {config.optimizer!r}; choose sgd, adam or adamw")
+    # fused kernels exist on CPU and CUDA for Adam/AdamW: one pass over all parameters per step
+    return cls(groups, fused=True)
+
+
+def _lr_factor(config: TrainConfig, step: int, total: int) -> float:
+    if config.schedule == "constant":
+        return 1.0
+    peak = config.warmup_fraction * total
+    return float(np.interp(step, [0, peak, total], [config.lr_start, 1.0, config.lr_end]))
+
+
+class _Lookahead:
+    """Every few steps pull the weights towards a slow EMA of themselves; the EMA is the final model."""
+
+    every = 5
+
+    def __init__(self, net: nn.Module) -> None:
+        self.ema = {k: v.detach().clone() for k, v in net.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def step(self, net: nn.Module, decay: float) -> None:
+        for k, v in net.state_dict().items():
+            if k in self.ema:
+                self.ema[k].lerp_(v, 1 - decay)
+                v.copy_(self.ema[k])
+
+
+def _lookahead_decay(step: int, total: int) -> float:
+    return 0.95**5 * (step / total) ** 3
+
+
+def evaluate(
+    model: InferenceModel,
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int = 1000,
+    precision: str = "fp32",
+    label_smoothing: float = 0.0,
+) -> dict[str, float]:
+    """Accuracy and loss of the served model (raw pixels in) on one split."""
+    device = next(model.parameters()).device
+    model.eval()
+    loss_fn = nn.CrossEntropyLoss(reduction="sum", label_smoothing=label_smoothing)
+    target = torch.from_numpy(labels.astype(np.int64))
+    correct, loss, start = 0, 0.0, 0
+    with torch.no_grad(), _autocast(precision, device):
+        for batch in eval_batches(images, batch_size):
+            logits = model(batch.to(device)).float().cpu()
+            y = target[start : start + len(batch)]
+            correct += int((logits.argmax(1) == y).sum())
+            loss += float(loss_fn(logits, y))
+            start += len(batch)
+    n = max(len(labels), 1)
+    return {"accuracy": correct / n, "loss": loss / n, "count": float(len(labels))}
+
+
+def predict_logits(model: InferenceModel, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """fp32 logits of the served model, the reference that the ONNX export is checked against."""
+    model.eval()
+    with torch.no_grad():
+        return np.concatenate([model(b).float().numpy() for b in eval_batches(images, batch_size)])
+
+
+def train(
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    val_images: np.ndarray,
+    val_labels: np.ndarray,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+    config: TrainConfig,
+    logger: logging.Logger,
+    checkpoint_dir: Path | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    checkpoint_extra: dict[str, Any] | None = None,
+    device: torch.device | None = None,
+    select: Literal["best", "last"] = "best",
+) -> TrainResult:
+    """Train `config.epochs` epochs (continuing from `checkpoint_dir` if it holds a matching run); the epoch
+    with the best validation accuracy is returned (`select="last"`: the final one, for benchmarks that pass
+    the test set as validation). The asset never passes the test split in here."""
+    device = device or pick_device()
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    precision = resolve_precision(config.precision, device)
+    torch.manual_seed(config.seed)
+    if len(val_labels) == 0:
+        raise ValueError("validation split is empty: model selection needs validation images")
+
+    model = InferenceModel(
+        build_model(config.architecture, config.widths), mean, std, flip_tta=config.flip_tta
+    ).to(device)
+    batches = TrainBatches(
+        train_images,
+        train_labels,
+        config.batch_size,
+        Augmentation(pad=config.crop_pad, flip=config.flip),
+        seed=config.seed,
+        drop_last=True,
+    )
+    if isinstance(model.net, AirbenchNet):
+        sample = torch.from_numpy(train_images[: min(len(train_images), 5000)]).to(device)
+        model.net.init_whitening(model.preprocess(sample))
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = _optimizer(model.net, config)
+    total_steps = len(batches) * config.epochs
+    lookahead = _Lookahead(model.net) if config.lookahead else None
+
+    state = read_checkpoint(checkpoint_dir)
+    history: list[EpochStats] = []
+    best = {"epoch": 0, "accuracy": -1.0, "state": None}
+    start_epoch = 0
+    extra = dict(checkpoint_extra or {})
+    if state is not None:
+        if state["config"] != config.hyperparameters():
+            raise ValueError(f"checkpoint {checkpoint_dir}: made with a different config; refusing to resume")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if lookahead is not None:
+            lookahead.ema = {k: v.to(device) for k, v in state["lookahead"].items()}
+        history = [EpochStats(**h) for h in state["history"]]
+        best = state["best"]
+        start_epoch = state["epoch"]
+        extra = {**state.get("extra", {}), **extra}
+        logger.info(f"resuming from checkpoint {checkpoint_dir} after epoch {start_epoch}/{config.epochs}")
+
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    steps_per_epoch = len(batches)
+    seconds = sum(h.epoch_seconds for h in history)
+    for epoch in range(start_epoch, config.epochs):
+        t0 = time.perf_counter()
+        if isinstance(model.net, AirbenchNet):
+            model.net.whiten.bias.requires_grad_(epoch < config.whiten_bias_epochs)
+        model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for i, (x, y) in enumerate(_on(batches.epoch(epoch), device)):
+            step = epoch * steps_per_epoch + i
+            factor = _lr_factor(config, step, total_steps)
+            for g in optimizer.param_groups:
+                g["lr"] = g["base_lr"] * factor
+            with _autocast(precision, device):
+                logits = model.net(model.preprocess(x))
+                loss = loss_fn(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if lookahead is not None and (step + 1) % _Lookahead.every == 0:
+                lookahead.step(model.net, _lookahead_decay(step + 1, total_steps))
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.detach().argmax(1) == y).sum())
+            seen += len(y)
+            if not math.isfinite(loss_sum):
+                raise FloatingPointError(f"epoch {epoch + 1} step {i}: loss is not finite (lr {config.lr})")
+        if lookahead is not None and epoch + 1 == config.epochs:
+            lookahead.step(model.net, 1.0)  # finish on the slow (averaged) weights
+        train_seconds = time.perf_counter() - t0
+        val = evaluate(
+            model, val_images, val_labels, config.eval_batch_size, precision, config.label_smoothing
+        )
+        epoch_seconds = time.perf_counter() - t0
+        seconds += epoch_seconds
+        stats = EpochStats(
+            epoch=epoch + 1,
+            epochs=config.epochs,
+            train_loss=loss_sum / max(seen, 1),
+            train_accuracy=correct / max(seen, 1),
+            val_loss=val["loss"],
+            val_accuracy=val["accuracy"],
+            lr=config.lr * _lr_factor(config, (epoch + 1) * steps_per_epoch, total_steps),
+            images_per_second=seen / max(train_seconds, 1e-9),
+            train_seconds=train_seconds,
+            epoch_seconds=epoch_seconds,
+            eta_seconds=epoch_seconds * (config.epochs - epoch - 1),
+        )
+        history.append(stats)
+        if stats.val_accuracy > best["accuracy"]:
+            best = {"epoch": epoch + 1, "accuracy": stats.val_accuracy, "state": _cpu_state(model)}
+        if checkpoint_dir is not None:
+            _write_checkpoint(
+                checkpoint_dir,
+                {
+                    "config": config.hyperparameters(),
+                    "epoch": epoch + 1,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "lookahead": lookahead.ema if lookahead else None,
+                    "history": [dataclasses.asdict(h) for h in history],
+                    "best": best,
+                    "extra": extra,
+                },
+            )
+        if on_epoch is not None:
+            on_epoch(stats)
+
+    final = InferenceModel(
+        build_model(config.architecture, config.widths), mean, std, flip_tta=config.flip_tta
+    )
+    use_best = select == "best" and best["state"] is not None
+    final.load_state_dict(best["state"] if use_best else _cpu_state(model))
+    final.eval()
+    validation = evaluate(final, val_images, val_labels, config.eval_batch_size, "fp32")
+    return TrainResult(
+        model=final,
+        history=history,
+        best_epoch=int(best["epoch"]) if use_best else config.epochs,
+        validation=validation,
+        resumed_from_epoch=start_epoch,
+        train_seconds=seconds,
+        precision=precision,
+        extra=extra,
+    )
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def _on(
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]], device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for x, y in batches:
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)

@@ -1,0 +1,47 @@
+"""Training hyperparameters as Dagster run config; unset fields take the architecture's tuned defaults."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import dagster as dg
+from pydantic import Field
+
+if TYPE_CHECKING:
+    from mlsd_assets.ml.train import TrainConfig
+
+
+class ModelConfig(dg.Config):
+    """`architecture`: "airbench" (fast default) or "vgg11" (seed-parity recipe: Adam 1e-3, batch 32, 1 ep).
+    Leave a field unset (null) to use the architecture's default from `mlsd_assets.ml.train`."""
+
+    architecture: str = Field(default="airbench", description="airbench | vgg11")
+    widths: list[int] | None = Field(
+        default=None, description="airbench conv group channels, e.g. [64, 256, 256]"
+    )
+    epochs: int | None = Field(default=None, description="full passes over the train split")
+    batch_size: int | None = None
+    optimizer: str | None = Field(default=None, description="sgd | adam | adamw")
+    lr: float | None = Field(default=None, description="peak learning rate (mean-reduced loss)")
+    momentum: float | None = None
+    weight_decay: float | None = None
+    label_smoothing: float | None = None
+    lookahead: bool | None = None
+    flip_tta: bool | None = Field(
+        default=None, description="average logits with the mirrored image (in the ONNX too)"
+    )
+    precision: str = Field(
+        default="auto", description="auto | bf16 | fp32; auto = bf16 where the hardware has it"
+    )
+    seed: int = 0
+    threads: int = Field(default=0, description="torch CPU threads; 0 = all cores")
+
+    def train_config(self) -> TrainConfig:
+        from mlsd_assets.ml.train import default_config
+
+        overrides: dict[str, Any] = {
+            k: v for k, v in self.model_dump().items() if v is not None and k != "architecture"
+        }
+        if "widths" in overrides:
+            overrides["widths"] = tuple(overrides["widths"])
+        return default_config(self.architecture, **overrides)

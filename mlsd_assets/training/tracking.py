@@ -1,0 +1,96 @@
+"""What goes into a training run's MLflow record, in one place (the asset only decides when)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlsd_assets.ml.splits import Cifar10Split
+from mlsd_assets.training.resources import MLflowTracking
+
+if TYPE_CHECKING:
+    from mlflow.models.model import ModelInfo
+
+    from mlsd_assets.ml.models import InferenceModel
+    from mlsd_assets.ml.train import EpochStats, TrainConfig, TrainResult
+
+
+def log_setup(
+    tracking: MLflowTracking,
+    run_id: str,
+    config: TrainConfig,
+    split: Cifar10Split,
+    environment: dict[str, str],
+) -> None:
+    """Hyperparameters and dataset identity as params (immutable), software versions as tags + a JSON file."""
+    from mlflow.entities import Param, RunTag
+
+    counts = split.counts()
+    params: dict[str, Any] = {
+        **config.hyperparameters(),
+        "dataset.content_hash": split.content_hash,
+        "dataset.partitions": ",".join(split.partitions),
+    }
+    params |= {f"dataset.{name}_images": n for name, n in counts.items()}
+    client = tracking.client()
+    client.log_batch(
+        run_id,
+        params=[Param(k, str(v)) for k, v in params.items()],
+        tags=[RunTag(k, v) for k, v in environment.items()],
+    )
+    with tempfile.TemporaryDirectory(prefix="mlsd-mlflow-") as tmp:
+        path = Path(tmp) / "environment.json"
+        path.write_text(json.dumps(environment, indent=2, sort_keys=True))
+        client.log_artifact(run_id, str(path))
+
+
+def log_epoch(tracking: MLflowTracking, run_id: str, stats: EpochStats) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, stats.epoch) for k, v in stats.metrics().items()]
+    tracking.client().log_batch(run_id, metrics=metrics)
+
+
+def log_result(tracking: MLflowTracking, run_id: str, result: TrainResult, title: str) -> ModelInfo:
+    """Final validation metrics, training curves, and the model (uint8 NHWC in, logits out), registered."""
+    import mlflow
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    from mlsd_assets.ml.curves import plot_curves
+    from mlsd_assets.ml.env_info import package_versions
+
+    client = tracking.client()
+    final = {f"final_val_{k}": v for k, v in result.validation.items() if k != "count"}
+    final |= {"best_epoch": float(result.best_epoch), "train_seconds": result.train_seconds}
+    for key, value in final.items():
+        client.log_metric(run_id, key, float(value))
+    with tempfile.TemporaryDirectory(prefix="mlsd-mlflow-") as tmp:
+        if result.history:
+            client.log_artifact(
+                run_id, str(plot_curves(result.history, Path(tmp) / "training_curves.png", title))
+            )
+    example = np.zeros((2, 32, 32, 3), dtype=np.uint8)
+    signature = infer_signature(example, _logits(result.model, example))
+    versions = package_versions()
+    requirements = [f"torch=={versions['torch']}", f"numpy=={versions['numpy']}", "mlsd-assets"]
+    with tracking.active_run(run_id):
+        return mlflow.pytorch.log_model(
+            result.model,
+            name="model",
+            signature=signature,
+            pip_requirements=requirements,
+            registered_model_name=tracking.registered_model_name,
+            serialization_format="pickle",  # "pt2" would freeze the batch size of the example
+        )
+
+
+def _logits(model: InferenceModel, images: Any) -> Any:
+    from mlsd_assets.ml.train import predict_logits
+
+    return predict_logits(model, images)
