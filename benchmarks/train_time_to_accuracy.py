@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import logging
 import os
 import sys
-import tarfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpeg.tar.gz"
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 PRESETS: dict[str, dict[str, object]] = {
     "fast": {},  # the code's default TrainConfig
     "long": {"widths": (64, 128, 128), "epochs": 18},
@@ -31,36 +28,17 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 
 
-def read_jpeg_tarball(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """`train|test/<class>/<file>.jpg` -> uint8 NHWC arrays and labels, in sorted file order."""
-    from PIL import Image
+def load_official(path: Path, cache: Path, log: logging.Logger) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Train/test arrays through the pipeline's own reader, which decodes the archive once into `cache`."""
+    from mlsd_assets.ml.batches import OFFICIAL_BATCHES
+    from mlsd_assets.ml.sources import read_official_batch
 
-    images: dict[str, list[tuple[str, int, np.ndarray]]] = {"train": [], "test": []}
-    with tarfile.open(path, "r:gz") as tar:
-        for member in tar:
-            parts = member.name.strip("./").split("/")
-            if not member.isfile() or len(parts) != 3 or parts[0] not in images:
-                continue
-            data = tar.extractfile(member).read()  # type: ignore[union-attr]
-            pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.uint8)
-            images[parts[0]].append((member.name, CLASSES.index(parts[1]), pixels))
-    out = {}
-    for split, rows in images.items():
-        rows.sort(key=lambda r: r[0])
-        out[split] = (np.stack([r[2] for r in rows]), np.array([r[1] for r in rows], dtype=np.int64))
-    return out
-
-
-def load_cached(path: Path, cache: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    if cache.exists():
-        with np.load(cache) as z:
-            return {s: (z[f"{s}_x"], z[f"{s}_y"]) for s in ("train", "test")}
-    data = read_jpeg_tarball(path)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(
-        cache, **{f"{s}_x": x for s, (x, _) in data.items()}, **{f"{s}_y": y for s, (_, y) in data.items()}
-    )
-    return data
+    batches = [read_official_batch(str(path), p, cache, log) for p in OFFICIAL_BATCHES]
+    train = batches[:-1]
+    return {
+        "train": (np.concatenate([b.images for b in train]), np.concatenate([b.labels for b in train])),
+        "test": (batches[-1].images, batches[-1].labels),
+    }
 
 
 def main() -> int:
@@ -68,7 +46,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--cache", type=Path, default=Path("/tmp/mlsd-bench/cifar10-jpeg.npz"))
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/mlsd-bench"))
     parser.add_argument("--preset", choices=sorted(PRESETS), default="fast")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
@@ -110,7 +88,7 @@ def main() -> int:
     config = default_config(architecture, threads=args.threads, **overrides)
 
     t0 = time.perf_counter()
-    data = load_cached(args.data, args.cache)
+    data = load_official(args.data, args.cache, log)
     x_train, y_train = data["train"]
     if args.limit_train:
         x_train, y_train = x_train[: args.limit_train], y_train[: args.limit_train]
