@@ -26,6 +26,16 @@ class ServerStartError(RuntimeError):
     """The server did not come up healthy; the message carries its log tail."""
 
 
+
+def stop_process(proc: subprocess.Popen, timeout_s: float) -> None:
+    """Ask politely (SIGTERM), then insist (SIGKILL), so no server outlives its caller."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
 @dataclass(frozen=True)
 class RunningServer:
     base_url: str
@@ -111,10 +121,5 @@ def running_local_process(
         wait_healthy(base_url, health_timeout_s, exited)
         yield RunningServer(base_url, "local_process", f"pid {proc.pid}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout_s=10)
         log.info("stopped local server process %d", proc.pid)

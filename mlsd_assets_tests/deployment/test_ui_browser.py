@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from mlsd_assets.serving.runtime import stop_process
 from mlsd_assets_tests.deployment.browser import Browser, chromium_unavailable_reason
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,12 +91,7 @@ def webserver(tmp_path: Path) -> Iterator[str]:
                 time.sleep(1)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout_s=30)
         log.close()
 
 
