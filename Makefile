@@ -27,8 +27,9 @@ engine:
 pipeline: setup dagster-home engine
 	$(BIN)/python -m mlsd_assets pipeline
 
+# Run workers inherit jemalloc (when installed) from here: CPU training steps stop page-faulting.
 dev: setup dagster-home
-	$(BIN)/dagster dev -w workspace.yaml
+	$(BIN)/python -m mlsd_assets.ml.allocator $(BIN)/dagster dev -w workspace.yaml
 
 test: setup
 	$(BIN)/pytest -m "not slow"

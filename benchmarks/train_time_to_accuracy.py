@@ -21,11 +21,6 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpeg.tar.gz"
-PRESETS: dict[str, dict[str, object]] = {
-    "fast": {},  # the code's default TrainConfig
-    "long": {"widths": (64, 128, 128), "epochs": 18},
-    "vgg11": {"architecture": "vgg11"},
-}
 
 
 def load_official(path: Path, cache: Path, log: logging.Logger) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -47,7 +42,7 @@ def main() -> int:
     )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/mlsd-bench"))
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="fast")
+    parser.add_argument("--preset", default="fast", help="a recipe of mlsd_assets.ml.train.RECIPES")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float)
@@ -64,15 +59,17 @@ def main() -> int:
     if not args.data.exists():
         print(f"data not found: {args.data} (pass --data PATH to cifar10-jpeg.tar.gz)", file=sys.stderr)
         return 2
+    from mlsd_assets.ml.allocator import active_allocator, reexec_with_jemalloc
+
+    reexec_with_jemalloc()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     log = logging.getLogger("bench")
 
     import torch
 
-    from mlsd_assets.ml.train import TrainConfig, default_config, train
+    from mlsd_assets.ml.train import TrainConfig, recipe_config, train
 
-    overrides = dict(PRESETS[args.preset])
-    architecture = str(overrides.pop("architecture", "airbench"))
+    overrides: dict[str, object] = {}
     for name in ("epochs", "batch_size", "lr", "precision"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
@@ -82,10 +79,13 @@ def main() -> int:
         if key not in fields:
             parser.error(f"--set {item}: unknown TrainConfig field {key!r}")
         default = getattr(TrainConfig(), key)
-        overrides[key] = (
-            (value.lower() in ("1", "true", "yes")) if isinstance(default, bool) else type(default)(value)
-        )
-    config = default_config(architecture, threads=args.threads, **overrides)
+        if isinstance(default, bool):
+            overrides[key] = value.lower() in ("1", "true", "yes")
+        elif isinstance(default, tuple):
+            overrides[key] = tuple(type(default[0])(v) for v in value.split(","))
+        else:
+            overrides[key] = type(default)(value)
+    config = recipe_config(args.preset, threads=args.threads, **overrides)
 
     t0 = time.perf_counter()
     data = load_official(args.data, args.cache, log)
@@ -98,7 +98,10 @@ def main() -> int:
     load_s = time.perf_counter() - t0
 
     load = os.getloadavg()
-    print(f"nproc={os.cpu_count()} threads={args.threads} loadavg={load[0]:.2f},{load[1]:.2f},{load[2]:.2f}")
+    print(
+        f"nproc={os.cpu_count()} threads={args.threads} allocator={active_allocator()}"
+        f" loadavg={load[0]:.2f},{load[1]:.2f},{load[2]:.2f}"
+    )
     print(
         f"torch={torch.__version__} data: {len(x_train)} train / {len(x_test)} test, loaded in {load_s:.1f}s"
     )

@@ -14,6 +14,7 @@ import dagster as dg
 from mlsd_assets.automation.jobs import ingestion_job, split_job, training_job
 from mlsd_assets.automation.resources import root_cause
 from mlsd_assets.data.partitions import OFFICIAL_BATCHES, add_official_batches
+from mlsd_assets.ml.allocator import reexec_with_jemalloc
 
 ORDER = (
     "raw_cifar10",
@@ -91,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--epochs", type=int, default=None, help="override cifar10_model's epochs")
     commands.add_parser("register-batches", help="register the official batches as raw_cifar10 partitions")
     args = parser.parse_args(argv)
+    if args.command == "pipeline" and argv is None:
+        reexec_with_jemalloc()  # training runs in this process: give it an allocator that keeps its pages
     try:
         if args.command == "pipeline":
             pipeline(args.through, args.epochs)

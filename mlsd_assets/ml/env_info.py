@@ -8,6 +8,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from mlsd_assets.ml.allocator import active_allocator
+
 PACKAGES: tuple[str, ...] = ("torch", "torchvision", "onnx", "onnxruntime", "numpy", "mlflow", "dagster")
 
 
@@ -47,8 +49,9 @@ def git_sha(repo_dir: Path | None = None) -> str:
 
 
 def environment() -> dict[str, str]:
-    """Flat record for MLflow tags/params: `version.<pkg>`, `os`, `machine`, `git_sha`."""
+    """Flat record for MLflow tags/params: `version.<pkg>`, `os`, `machine`, `allocator`, `git_sha`."""
     record = {f"version.{k}": v for k, v in package_versions().items()}
     record |= os_info()
+    record["allocator"] = active_allocator()
     record["git_sha"] = git_sha()
     return record

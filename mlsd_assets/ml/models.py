@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mlsd_assets.ml.conv import Conv3x3
+
 ARCHITECTURES: tuple[str, ...] = ("airbench", "vgg11")
 NUM_CLASSES = 10
 # VGG-11 ("A") feature layout; "M" is a 2x2 max-pool. Five pools take 32x32 down to 1x1.
@@ -17,11 +19,11 @@ class _ConvGroup(nn.Sequential):
 
     def __init__(self, c_in: int, c_out: int, bn_momentum: float) -> None:
         super().__init__(
-            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+            Conv3x3(c_in, c_out),
             nn.MaxPool2d(2),
             _batch_norm(c_out, bn_momentum),
             nn.GELU(),
-            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+            Conv3x3(c_out, c_out),
             _batch_norm(c_out, bn_momentum),
             nn.GELU(),
         )

@@ -12,18 +12,23 @@ if TYPE_CHECKING:
 
 
 class ModelConfig(dg.Config):
-    """`architecture`: "airbench" (fast default) or "vgg11" (seed-parity recipe: Adam 1e-3, batch 32, 1 ep).
-    Leave a field unset (null) to use the architecture's default from `mlsd_assets.ml.train`."""
+    """`recipe`: "fast" (default), "long" (more accurate, about 3x the time) or "vgg11" (seed-parity recipe:
+    Adam 1e-3, batch 32, 1 epoch). Without a recipe, `architecture` picks its default one. Leave a field
+    unset (null) to keep the recipe's value from `mlsd_assets.ml.train.RECIPES`."""
 
+    recipe: str | None = Field(default=None, description="fast | long | vgg11")
     architecture: str = Field(default="airbench", description="airbench | vgg11")
     widths: list[int] | None = Field(
         default=None, description="airbench conv group channels, e.g. [64, 256, 256]"
     )
     epochs: int | None = Field(default=None, description="full passes over the train split")
     batch_size: int | None = None
-    optimizer: str | None = Field(default=None, description="sgd | adam | adamw")
+    optimizer: str | None = Field(default=None, description="sgd | muon | adam | adamw")
     lr: float | None = Field(default=None, description="peak learning rate (mean-reduced loss)")
+    schedule: str | None = Field(default=None, description="triangle | linear | constant")
     momentum: float | None = None
+    muon_lr: float | None = Field(default=None, description="Muon lr for conv filters (optimizer=muon)")
+    muon_momentum: float | None = None
     weight_decay: float | None = None
     label_smoothing: float | None = None
     lookahead: bool | None = None
@@ -37,11 +42,15 @@ class ModelConfig(dg.Config):
     threads: int = Field(default=0, description="torch CPU threads; 0 = all cores")
 
     def train_config(self) -> TrainConfig:
-        from mlsd_assets.ml.train import default_config
+        from mlsd_assets.ml.train import default_config, recipe_config
 
         overrides: dict[str, Any] = {
-            k: v for k, v in self.model_dump().items() if v is not None and k != "architecture"
+            k: v for k, v in self.model_dump().items() if v is not None and k not in ("architecture", "recipe")
         }
         if "widths" in overrides:
             overrides["widths"] = tuple(overrides["widths"])
-        return default_config(self.architecture, **overrides)
+        if self.recipe is None:
+            return default_config(self.architecture, **overrides)
+        if "architecture" in self.model_fields_set:
+            overrides["architecture"] = self.architecture
+        return recipe_config(self.recipe, **overrides)

@@ -26,8 +26,12 @@ def _train(split, config: TrainConfig, **kwargs):  # type: ignore[no-untyped-def
     return train(x, y, xv, yv, split.mean, split.std, config, LOG, **kwargs)
 
 
-def test_one_epoch_learns(split) -> None:  # type: ignore[no-untyped-def]
-    config = default_config("airbench", **{**TINY, "epochs": 1})
+MUON = {"optimizer": "muon", "schedule": "linear", "lookahead": False, "muon_lr": 0.1}
+
+
+@pytest.mark.parametrize("recipe", [{}, MUON], ids=["sgd", "muon"])
+def test_one_epoch_learns(split, recipe: dict[str, object]) -> None:  # type: ignore[no-untyped-def]
+    config = default_config("airbench", **{**TINY, **recipe, "epochs": 1})
     x, y = split.arrays("train")
     untrained = _train(split, default_config("airbench", **{**TINY, "epochs": 1, "lr": 1e-9}))
     result = _train(split, config)
@@ -40,8 +44,9 @@ def test_one_epoch_learns(split) -> None:  # type: ignore[no-untyped-def]
     assert result.history[0].images_per_second > 0 and result.history[0].eta_seconds == 0
 
 
-def test_interrupted_run_resumes_at_next_epoch_with_same_result(split, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    config = default_config("airbench", **TINY)
+@pytest.mark.parametrize("recipe", [{}, MUON], ids=["sgd", "muon"])
+def test_interrupted_run_resumes_at_next_epoch_with_same_result(split, tmp_path: Path, recipe) -> None:  # type: ignore[no-untyped-def]
+    config = default_config("airbench", **{**TINY, **recipe})
 
     def stop_after_first(stats) -> None:  # type: ignore[no-untyped-def]
         if stats.epoch == 1:

@@ -1,0 +1,30 @@
+"""ModelConfig -> TrainConfig: recipes, per-field overrides, and clear errors for unknown names."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlsd_assets.ml.train import RECIPES, TrainConfig
+from mlsd_assets.training.config import ModelConfig
+
+
+def test_no_recipe_takes_the_architecture_default() -> None:
+    assert ModelConfig().train_config() == TrainConfig()
+    assert ModelConfig(architecture="vgg11").train_config().optimizer == "adam"
+
+
+def test_recipe_with_overrides() -> None:
+    config = ModelConfig(recipe="long", epochs=2, seed=3).train_config()
+    expected = {**RECIPES["long"], "epochs": 2, "seed": 3}
+    assert {k: getattr(config, k) for k in expected} == expected
+    assert config.optimizer == "muon" and config.widths == (64, 256, 256)
+
+
+def test_explicit_architecture_overrides_the_recipe() -> None:
+    assert ModelConfig(recipe="vgg11").train_config().architecture == "vgg11"
+    assert ModelConfig(recipe="vgg11", architecture="airbench").train_config().architecture == "airbench"
+
+
+def test_unknown_recipe_is_named() -> None:
+    with pytest.raises(ValueError, match="recipe: unknown 'huge'"):
+        ModelConfig(recipe="huge").train_config()
