@@ -12,11 +12,11 @@ if TYPE_CHECKING:
 
 
 class ModelConfig(dg.Config):
-    """`recipe`: "fast" (default), "long" (more accurate, about 3x the time) or "vgg11" (seed-parity recipe:
-    Adam 1e-3, batch 32, 1 epoch). Without a recipe, `architecture` picks its default one. Leave a field
-    unset (null) to keep the recipe's value from `mlsd_assets.ml.train.RECIPES`."""
+    """`recipe`: "fast" (default), "long" (more accurate, about 3x the time), "sgd" (airbench94's SGD recipe)
+    or "vgg11" (seed-parity recipe: Adam 1e-3, batch 32, 1 epoch). Without a recipe, `architecture` picks its
+    default one. Leave a field unset (null) to keep the recipe's value from `mlsd_assets.ml.train.RECIPES`."""
 
-    recipe: str | None = Field(default=None, description="fast | long | vgg11")
+    recipe: str | None = Field(default=None, description="fast | long | sgd | vgg11")
     architecture: str = Field(default="airbench", description="airbench | vgg11")
     widths: list[int] | None = Field(
         default=None, description="airbench conv group channels, e.g. [64, 256, 256]"

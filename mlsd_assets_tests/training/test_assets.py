@@ -90,7 +90,7 @@ def test_mlflow_run_records_everything(pipeline) -> None:  # type: ignore[no-unt
         assert run.data.tags[key], key
     assert run.data.tags["allocator"] in ("jemalloc", "tcmalloc", "system")
     params = run.data.params
-    assert params["epochs"] == "2" and params["lr"] == "0.2" and params["optimizer"] == "sgd"
+    assert params["epochs"] == "2" and params["lr"] == "0.2" and params["optimizer"] == "muon"
     assert params["label_smoothing"] and params["weight_decay"] and params["seed"] == "0"
     assert params["dataset.content_hash"] == SPLIT.content_hash
     assert params["dataset.partitions"] == ",".join(SPLIT.partitions)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from mlsd_assets.ml.train import RECIPES, TrainConfig
+from mlsd_assets.ml.train import RECIPES, recipe_config
 from mlsd_assets.training.config import ModelConfig
 
 
 def test_no_recipe_takes_the_architecture_default() -> None:
-    assert ModelConfig().train_config() == TrainConfig()
+    assert ModelConfig().train_config() == recipe_config("fast")
+    assert ModelConfig().train_config().optimizer == "muon"
     assert ModelConfig(architecture="vgg11").train_config().optimizer == "adam"
 
 
