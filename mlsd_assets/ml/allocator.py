@@ -52,15 +52,19 @@ def jemalloc_env(environ: Mapping[str, str], library: Path) -> dict[str, str]:
     }
 
 
+def preload_env(environ: Mapping[str, str]) -> dict[str, str] | None:
+    """`environ` with jemalloc preloaded, or None when `MLSD_ALLOCATOR` turns it off or it is not installed."""
+    library = find_jemalloc() if environ.get(ALLOCATOR_ENV, "auto") == "auto" else None
+    return jemalloc_env(environ, library) if library else None
+
+
 def reexec_with_jemalloc() -> None:
     """Replace this process by itself under jemalloc, once; no-op if disabled, missing or already active."""
-    if os.environ.get(ALLOCATOR_ENV, "auto") != "auto" or active_allocator() != "system":
-        return
-    library = find_jemalloc()
-    if library is None:
+    env = preload_env(os.environ) if active_allocator() == "system" else None
+    if env is None:
         return
     argv = list(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
-    os.execve(sys.executable, [sys.executable, *argv[1:]], jemalloc_env(os.environ, library))
+    os.execve(sys.executable, [sys.executable, *argv[1:]], env)
 
 
 def main(argv: list[str]) -> int:
@@ -68,9 +72,7 @@ def main(argv: list[str]) -> int:
     if not argv:
         print("usage: python -m mlsd_assets.ml.allocator CMD [ARGS...]", file=sys.stderr)
         return 2
-    library = find_jemalloc() if os.environ.get(ALLOCATOR_ENV, "auto") == "auto" else None
-    env = jemalloc_env(os.environ, library) if library else dict(os.environ)
-    os.execvpe(argv[0], argv, env)
+    os.execvpe(argv[0], argv, preload_env(os.environ) or dict(os.environ))
     return 127  # not reached: execvpe replaces the process or raises
 
 

@@ -217,9 +217,10 @@ def _write_checkpoint(checkpoint_dir: Path, state: dict[str, Any]) -> None:
 
 def _optimizers(net: nn.Module, config: TrainConfig) -> list[torch.optim.Optimizer]:
     trainable = [(n, p) for n, p in net.named_parameters() if p.requires_grad or n == "whiten.bias"]
+    to_muon = config.optimizer == "muon"  # conv filters (4-d) go to Muon, everything else to SGD
     biases = [p for _, p in trainable if p.ndim <= 1]
-    filters = [p for _, p in trainable if p.ndim == 4] if config.optimizer == "muon" else []
-    weights = [p for _, p in trainable if p.ndim > 1 and not any(p is f for f in filters)]
+    filters = [p for _, p in trainable if to_muon and p.ndim == 4]
+    weights = [p for _, p in trainable if p.ndim > 1 and not (to_muon and p.ndim == 4)]
     scale = config.bias_lr_scale
     groups = [
         {"params": weights, "lr": config.lr, "weight_decay": config.weight_decay},

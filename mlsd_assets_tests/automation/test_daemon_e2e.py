@@ -3,7 +3,6 @@
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,18 +12,14 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from mlsd_assets.serving.runtime import free_port
 from mlsd_assets_tests.cifar_files import write_pickle_batch
+from mlsd_assets_tests.deployment.instance import code_server_args
 from mlsd_assets_tests.synthetic import make_images
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 DEADLINE_S = 240
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Processes:
@@ -81,25 +76,14 @@ def processes(mlsd_home: Path) -> Iterator[Processes]:
 
 
 def test_daemon_ingests_a_landed_drop(processes: Processes, mlsd_home: Path) -> None:
-    port = _free_port()
+    port = free_port()
     workspace = mlsd_home / "workspace.yaml"
     workspace.write_text(
         "load_from:\n  - grpc_server:\n"
         f"      host: 127.0.0.1\n      port: {port}\n      location_name: mlsd_assets\n"
     )
     dagster = str(BIN / "dagster")
-    processes.start(
-        "code-server",
-        dagster,
-        "code-server",
-        "start",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "-m",
-        "mlsd_assets.definitions",
-    )
+    processes.start("code-server", dagster, *code_server_args(port))
     # Only the drop sensor: the others would go on to split and train, which is not what this test is about.
     deadline = time.monotonic() + DEADLINE_S
     while True:

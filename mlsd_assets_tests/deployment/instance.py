@@ -10,6 +10,11 @@ import yaml
 DOCKER_DIR = Path(__file__).resolve().parents[2] / "docker"
 
 
+def code_server_args(port: int) -> list[str]:
+    """Arguments to `dagster` that serve the code location on 127.0.0.1:`port`, as the compose service does."""
+    return ["code-server", "start", "-h", "127.0.0.1", "-p", str(port), "-m", "mlsd_assets.definitions"]
+
+
 def deployment_instance_config() -> dict[str, Any]:
     return yaml.safe_load((DOCKER_DIR / "dagster.yaml").read_text())
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,20 +16,15 @@ import pytest
 import yaml
 
 from mlsd_assets.data.partitions import add_official_batches
+from mlsd_assets.serving.runtime import free_port
 from mlsd_assets_tests.cifar_files import write_cifar_python_tarball
-from mlsd_assets_tests.deployment.instance import deployment_instance_config, write_dagster_home
+from mlsd_assets_tests.deployment.instance import code_server_args, deployment_instance_config, write_dagster_home
 from mlsd_assets_tests.deployment.postgres import PostgresServer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.docker]
 
 PARTITION = "data_batch_1"
 DAGSTER_BIN = Path(sys.executable).parent / "dagster"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -54,7 +48,7 @@ def deployment_env(postgres_server: PostgresServer, tmp_path: Path) -> dict[str,
 @pytest.fixture
 def code_server(user_code_image: str, deployment_env: dict[str, str], tmp_path: Path) -> Iterator[int]:
     """The user-code image serving the location over gRPC on the host network, like the compose service."""
-    port = _free_port()
+    port = free_port()
     name = f"mlsd-test-code-server-{uuid.uuid4().hex[:8]}"
     env_args = [
         a for k, v in {**deployment_env, "DAGSTER_CURRENT_IMAGE": user_code_image}.items() for a in ("-e", f"{k}={v}")
@@ -73,14 +67,7 @@ def code_server(user_code_image: str, deployment_env: dict[str, str], tmp_path: 
             *env_args,
             user_code_image,
             "dagster",
-            "code-server",
-            "start",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-m",
-            "mlsd_assets.definitions",
+            *code_server_args(port),
         ],
         check=True,
         capture_output=True,
