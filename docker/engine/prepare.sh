@@ -34,8 +34,8 @@ start_engine() {
   [ "$(id -u)" = 0 ] || die "no Docker engine answers at ${DOCKER_HOST:-unix:///var/run/docker.sock} and starting dockerd needs root"
   command -v dockerd >/dev/null || die "dockerd not installed (apt-get install -y docker.io)"
   mkdir -p "$DATA_ROOT" "$(dirname "$LOG_FILE")" "$(dirname "$sock")"
-  say "no engine answers: starting dockerd (vfs, no bridge) on unix://$sock, data-root $DATA_ROOT, log $LOG_FILE"
-  setsid dockerd --iptables=false --ip6tables=false --bridge=none --storage-driver=vfs \
+  say "no engine answers: starting dockerd (vfs, bridge networking) on unix://$sock, data-root $DATA_ROOT, log $LOG_FILE"
+  setsid dockerd --storage-driver=vfs \
     --data-root="$DATA_ROOT" --host="unix://$sock" --pidfile="$DATA_ROOT/mlsd-dockerd.pid" \
     >>"$LOG_FILE" 2>&1 </dev/null 9>&- &
   local pid=$! waited=0
