@@ -1,11 +1,11 @@
 """What the instance knows about the data a model was trained on: shared by schedule and retraining sensor."""
 
-
 from dataclasses import dataclass
 
 import dagster as dg
 
 from mlsd_assets.automation.jobs import MODEL_ASSET, SPLIT_ASSET, split_job, training_job
+from mlsd_assets.automation.trust import code_location_graph, distrust_reason, distrusted_inputs
 
 # Materialization metadata: the split's fingerprint, and the fingerprint of the split a model was trained on.
 SPLIT_HASH_KEY = "content_hash"
@@ -31,9 +31,7 @@ class TrainingState:
         return self.split_hash is not None and self.split_hash != self.model_hash
 
 
-def _metadata_text(
-    instance: dg.DagsterInstance, key: dg.AssetKey, field: str
-) -> tuple[str | None, str | None]:
+def _metadata_text(instance: dg.DagsterInstance, key: dg.AssetKey, field: str) -> tuple[str | None, str | None]:
     event = instance.get_latest_materialization_event(key)
     if event is None or event.asset_materialization is None:
         return None, None
@@ -74,3 +72,9 @@ def training_busy(instance: dg.DagsterInstance) -> str | None:
         if count:
             return f"{count} {job.name} run(s) queued or in progress"
     return None
+
+
+def distrusted_split(instance: dg.DagsterInstance, repository: dg.RepositoryDefinition | None) -> str | None:
+    """Why the current cifar10_split must not be trained on (a blocking check failed or did not run), or None."""
+    graph = repository.asset_graph if repository is not None else code_location_graph()
+    return distrust_reason(distrusted_inputs(instance, graph, [SPLIT_ASSET]))

@@ -3,7 +3,12 @@
 import dagster as dg
 
 from mlsd_assets.automation.jobs import TRAINING_TAGS, training_job
-from mlsd_assets.automation.lineage import training_busy, training_skip_reason, training_state
+from mlsd_assets.automation.lineage import (
+    distrusted_split,
+    training_busy,
+    training_skip_reason,
+    training_state,
+)
 
 # Minute and hour pinned: "* 0 * * *" would fire sixty times between 00:00 and 00:59.
 DEFAULT_TRAINING_CRON = "0 0 * * *"
@@ -30,6 +35,10 @@ def build_training_schedule(
         busy = training_busy(context.instance)
         if busy:
             return dg.SkipReason(busy)
+        # Forcing retrains an unchanged split; it never trains on one its blocking checks did not pass.
+        distrust = distrusted_split(context.instance, context.repository_def)
+        if distrust:
+            return dg.SkipReason(distrust)
         state = training_state(context.instance)
         reason = training_skip_reason(state)
         if reason and not (force and state.split_hash is not None):

@@ -1,6 +1,5 @@
 """Sensors: drops become raw partitions, new partitions a split and a model, failed runs alerts."""
 
-
 import json
 
 import dagster as dg
@@ -14,15 +13,13 @@ from mlsd_assets.automation.jobs import (
     split_job,
     training_job,
 )
-from mlsd_assets.automation.lineage import runs_in_progress, training_busy, training_state
+from mlsd_assets.automation.lineage import distrusted_split, runs_in_progress, training_busy, training_state
 from mlsd_assets.automation.resources import AlertWebhook, failure_payload
 from mlsd_assets.data.partitions import OFFICIAL_BATCHES, raw_batches
 from mlsd_assets.resources import DataPaths
 
 
-def _intake(
-    context: dg.SensorEvaluationContext, paths: DataPaths, done: set[str]
-) -> tuple[list[str], list[str]]:
+def _intake(context: dg.SensorEvaluationContext, paths: DataPaths, done: set[str]) -> tuple[list[str], list[str]]:
     """Validate and move every complete drop; returns (accepted partition keys, quarantine reports)."""
     from mlsd_assets.ml.batches import InvalidBatchError
     from mlsd_assets.ml.sources import read_drop
@@ -72,10 +69,7 @@ def build_new_data_sensor(interval_s: int = 30) -> dg.SensorDefinition:
                 key = entry.name
                 if not key.startswith(".") and key not in done | registered and key not in accepted:
                     accepted.append(key)
-        events = [
-            dg.AssetObservation(asset_key=RAW_ASSET, metadata={"quarantined_drop": report})
-            for report in reports
-        ]
+        events = [dg.AssetObservation(asset_key=RAW_ASSET, metadata={"quarantined_drop": report}) for report in reports]
         cursor = json.dumps(sorted(done | set(accepted)))
         if not accepted:
             idle = f"no complete drop in {paths.landing_dir}"
@@ -119,6 +113,9 @@ def build_retraining_sensor(interval_s: int = 30) -> dg.SensorDefinition:
             # Run keys make both requests idempotent: one split per raw state, one training per split hash.
             return dg.RunRequest(job_name=split_job.name, run_key=f"split-after-{newer[0].storage_id}")
         state = training_state(instance)
+        distrust = distrusted_split(instance, context.repository_def) if state.stale else None
+        if distrust:
+            return dg.SkipReason(distrust)
         if state.stale:
             return dg.RunRequest(
                 job_name=training_job.name,

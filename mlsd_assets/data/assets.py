@@ -4,6 +4,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from mlsd_assets.automation.trust import require_trusted_inputs
 from mlsd_assets.data.partitions import OFFICIAL_BATCHES, raw_batches
 from mlsd_assets.data.resources import Cifar10Source
 from mlsd_assets.data.schemas import INDEX_SCHEMA
@@ -28,9 +29,7 @@ def table(frame: pd.DataFrame) -> dg.MetadataValue:
 
 
 @dg.asset(partitions_def=raw_batches, group_name="data", kinds={"numpy"})
-def raw_cifar10(
-    context: dg.AssetExecutionContext, cifar10_source: Cifar10Source, paths: DataPaths
-) -> RawBatch:
+def raw_cifar10(context: dg.AssetExecutionContext, cifar10_source: Cifar10Source, paths: DataPaths) -> RawBatch:
     """One batch as uint8 NHWC arrays: an official batch from the configured source, or a data drop."""
     partition = context.partition_key
     if partition in OFFICIAL_BATCHES:
@@ -41,9 +40,7 @@ def raw_cifar10(
     context.add_output_metadata(
         {
             "count": len(batch),
-            "class_histogram": table(
-                pd.DataFrame({"class": list(histogram), "count": list(histogram.values())})
-            ),
+            "class_histogram": table(pd.DataFrame({"class": list(histogram), "count": list(histogram.values())})),
             "class_histogram_json": dg.MetadataValue.json(histogram),
             "source": batch.source,
             "source_files": dg.MetadataValue.json(batch.source_files),
@@ -64,6 +61,7 @@ def cifar10_split(
     context: dg.AssetExecutionContext, config: Cifar10SplitConfig, raw_cifar10: dict[str, RawBatch]
 ) -> Cifar10Split:
     """Deduplicated train/validation/test split over every materialized raw batch (rules: ml/cleaning)."""
+    require_trusted_inputs(context)
     split = build_split(raw_cifar10, config.validation_fraction, context.log)
     INDEX_SCHEMA.validate(split.index)
     per_class = pd.crosstab(split.index["label"], split.index["split"]).reindex(

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
+from mlsd_assets.automation.trust import require_trusted_inputs
 from mlsd_assets.ml.artifacts import META_PREFIX, OnnxModel, TrainedModel
 from mlsd_assets.ml.batches import CIFAR10_CLASSES
 from mlsd_assets.ml.splits import Cifar10Split
@@ -36,6 +37,7 @@ def cifar10_model(
 ) -> TrainedModel:
     """Trains on the train split, selects the epoch by validation accuracy (test is never read here), logs the
     run to MLflow and registers the model. Resumes from the per-epoch checkpoint of an interrupted attempt."""
+    overrides = require_trusted_inputs(context)  # the split's blocking checks passed, or an operator overrode them
     import torch
 
     from mlsd_assets.ml.env_info import environment
@@ -57,6 +59,7 @@ def cifar10_model(
         "dagster.asset": "cifar10_model",
         "architecture": train_config.architecture,
         "dataset.content_hash": cifar10_split.content_hash,
+        **overrides,
     }
     run_id = mlflow.start_run(f"{train_config.architecture}-{context.run.run_id[:8]}", tags, resume_run)
     if previous is not None:
@@ -157,9 +160,7 @@ def onnx_metadata(model: TrainedModel, opset: int) -> dict[str, str]:
 
 
 @dg.asset(group_name="training", kinds={"onnx"})
-def cifar10_onnx(
-    context: dg.AssetExecutionContext, cifar10_model: TrainedModel, mlflow: MLflowTracking
-) -> OnnxModel:
+def cifar10_onnx(context: dg.AssetExecutionContext, cifar10_model: TrainedModel, mlflow: MLflowTracking) -> OnnxModel:
     """Raw uint8 NHWC pixels in, float32 logits out; preprocessing is inside the graph so no server
     can normalise wrongly. Parity with PyTorch is the blocking check `check_cifar10_onnx_parity`."""
     import tempfile

@@ -45,8 +45,14 @@ def test_new_partition_then_split_then_training(instance: dg.DagsterInstance) ->
 
 def test_waits_for_ingestion_runs(instance: dg.DagsterInstance) -> None:
     report_raw(instance, "data_batch_1")
-    instance.add_run(
-        dg.DagsterRun(job_name="ingestion_job", run_id="r1", status=dg.DagsterRunStatus.STARTED)
-    )
+    instance.add_run(dg.DagsterRun(job_name="ingestion_job", run_id="r1", status=dg.DagsterRunStatus.STARTED))
     skip = _tick(instance)
     assert isinstance(skip, dg.SkipReason) and "ingestion_job" in skip.skip_message
+
+
+def test_never_trains_on_a_split_whose_blocking_check_failed(instance: dg.DagsterInstance) -> None:
+    report_split(instance, "c" * 64, checks_pass=False)
+    skip = _tick(instance)
+    assert isinstance(skip, dg.SkipReason) and "check_cifar10_split_leakage failed" in skip.skip_message
+    report_split(instance, "d" * 64)  # re-materialized and checked: trained on
+    assert _tick(instance).run_key == "train-" + "d" * 64

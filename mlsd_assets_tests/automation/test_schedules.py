@@ -7,6 +7,7 @@ import pytest
 from dagster._utils.schedules import cron_string_iterator
 
 from mlsd_assets.automation.schedules import DEFAULT_TRAINING_CRON, build_training_schedule
+from mlsd_assets.definitions import defs
 from mlsd_assets_tests.automation.helpers import report_model, report_split
 
 
@@ -50,7 +51,10 @@ def instance() -> dg.DagsterInstance:
 
 def _evaluate(schedule: dg.ScheduleDefinition, instance: dg.DagsterInstance):
     when = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)
-    return schedule.evaluate_tick(dg.build_schedule_context(instance=instance, scheduled_execution_time=when))
+    context = dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=when, repository_def=defs.get_repository_def()
+    )
+    return schedule.evaluate_tick(context)
 
 
 def test_skips_without_a_split(instance: dg.DagsterInstance) -> None:
@@ -91,3 +95,14 @@ def test_model_without_dataset_hash_fails_loudly(instance: dg.DagsterInstance) -
     instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="cifar10_model"))
     with pytest.raises(Exception, match="dataset_hash"):
         _evaluate(build_training_schedule(), instance)
+
+
+@pytest.mark.parametrize(("checks_pass", "status"), [(False, "failed"), (None, "not evaluated")])
+def test_skips_a_split_its_blocking_checks_did_not_pass(
+    instance: dg.DagsterInstance, checks_pass: bool | None, status: str
+) -> None:
+    report_split(instance, "a" * 64, checks_pass=checks_pass)
+    data = _evaluate(build_training_schedule(force=True), instance)
+    assert not data.run_requests
+    assert f"check_cifar10_split_leakage {status}" in data.skip_message
+    assert f"check_cifar10_split_schema {status}" in data.skip_message
