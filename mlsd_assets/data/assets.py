@@ -9,7 +9,7 @@ from mlsd_assets.data.partitions import OFFICIAL_BATCHES, raw_batches
 from mlsd_assets.data.resources import Cifar10Source
 from mlsd_assets.data.schemas import INDEX_SCHEMA
 from mlsd_assets.ml.batches import CIFAR10_CLASSES, RawBatch
-from mlsd_assets.ml.cleaning import build_split
+from mlsd_assets.ml.cleaning import NEAR_DUPLICATE_DISTANCE, build_split
 from mlsd_assets.ml.sources import find_drop, read_drop
 from mlsd_assets.ml.splits import SPLITS, Cifar10Split
 from mlsd_assets.resources import DataPaths
@@ -54,6 +54,12 @@ class Cifar10SplitConfig(dg.Config):
     validation_fraction: float = Field(
         default=0.1, ge=0.0, lt=1.0, description="Share of training images held out for validation (by hash)."
     )
+    near_duplicate_distance: int | None = Field(
+        default=NEAR_DUPLICATE_DISTANCE,
+        ge=0,
+        le=128,
+        description="Training images within this many signature bits of a test image are dropped; null keeps them.",
+    )
 
 
 @dg.asset(group_name="data", kinds={"numpy", "pandas"})
@@ -62,7 +68,7 @@ def cifar10_split(
 ) -> Cifar10Split:
     """Deduplicated train/validation/test split over every materialized raw batch (rules: ml/cleaning)."""
     require_trusted_inputs(context)
-    split = build_split(raw_cifar10, config.validation_fraction, context.log)
+    split = build_split(raw_cifar10, config.validation_fraction, context.log, config.near_duplicate_distance)
     INDEX_SCHEMA.validate(split.index)
     per_class = pd.crosstab(split.index["label"], split.index["split"]).reindex(
         index=range(len(CIFAR10_CLASSES)), columns=list(SPLITS), fill_value=0
@@ -82,6 +88,7 @@ def cifar10_split(
             "per_class": table(per_class.reset_index(drop=True)),
             "preview": table(split.index.head(PREVIEW_ROWS)),
             "validation_fraction": config.validation_fraction,
+            "near_duplicate_distance": -1 if config.near_duplicate_distance is None else config.near_duplicate_distance,
         }
     )
     return split

@@ -18,15 +18,14 @@ from mlsd_assets.data.schemas import (
     images_frame,
     min_counts_schema,
 )
-from mlsd_assets.ml.batches import image_hashes
+from mlsd_assets.ml.batches import image_hashes, image_signatures, within
+from mlsd_assets.ml.cleaning import NEAR_DUPLICATE_DISTANCE
 from mlsd_assets.ml.splits import Cifar10Split
 
 MAX_FAILURE_ROWS = 20
 
 
-def validated(
-    checks: dict[str, tuple[pa.DataFrameSchema, pd.DataFrame]], **metadata: object
-) -> dg.AssetCheckResult:
+def validated(checks: dict[str, tuple[pa.DataFrameSchema, pd.DataFrame]], **metadata: object) -> dg.AssetCheckResult:
     """Run every schema lazily; fail with pandera's failure cases (first rows) as a table in the UI."""
     failures = []
     for name, (schema, frame) in checks.items():
@@ -79,6 +78,44 @@ def check_cifar10_split_leakage(cifar10_split: Cifar10Split) -> dg.AssetCheckRes
     )
 
 
+class NearDuplicatesConfig(dg.Config):
+    max_distance: int = Field(
+        default=NEAR_DUPLICATE_DISTANCE,
+        ge=0,
+        le=128,
+        description="Largest signature Hamming distance (of 128 bits) that counts as a near-duplicate.",
+    )
+
+
+@dg.asset_check(asset=cifar10_split, blocking=True)
+def check_cifar10_split_near_duplicates(
+    config: NearDuplicatesConfig, cifar10_split: Cifar10Split
+) -> dg.AssetCheckResult:
+    """No train/validation image is a near-duplicate of a test image (signatures recomputed from the pixels)."""
+    index = cifar10_split.index
+    signatures = image_signatures(cifar10_split.images)
+    is_test = (index["split"] == "test").to_numpy()
+    distance, row = within(signatures[~is_test], signatures[is_test], config.max_distance)
+    near = distance <= config.max_distance
+    pairs = pd.DataFrame(
+        {
+            "image_id": index["image_id"].to_numpy()[~is_test][near],
+            "split": index["split"].to_numpy()[~is_test][near],
+            "test_image_id": index["image_id"].to_numpy()[is_test][row[near]],
+            "distance": distance[near],
+        }
+    ).sort_values("distance", kind="stable")
+    metadata = {"max_distance": config.max_distance, "pairs": len(pairs)}
+    if pairs.empty:
+        return dg.AssetCheckResult(passed=True, metadata=metadata)
+    return dg.AssetCheckResult(
+        passed=False,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=f"{len(pairs)} train/validation image(s) within {config.max_distance} bits of a test image",
+        metadata={**metadata, "near_duplicate_pairs": table(pairs.head(MAX_FAILURE_ROWS))},
+    )
+
+
 @dg.asset_check(asset=cifar10_split)
 def check_cifar10_split_label_range(cifar10_split: Cifar10Split) -> dg.AssetCheckResult:
     """Every label is a CIFAR-10 class id (0..9)."""
@@ -88,9 +125,7 @@ def check_cifar10_split_label_range(cifar10_split: Cifar10Split) -> dg.AssetChec
 @dg.asset_check(asset=cifar10_split)
 def check_cifar10_split_image_shape(cifar10_split: Cifar10Split) -> dg.AssetCheckResult:
     """Images are uint8 (N, 32, 32, 3) with one row per index row."""
-    return validated(
-        {"images": (IMAGES_SCHEMA, images_frame(cifar10_split))}, shape=str(cifar10_split.images.shape)
-    )
+    return validated({"images": (IMAGES_SCHEMA, images_frame(cifar10_split))}, shape=str(cifar10_split.images.shape))
 
 
 class ClassBalanceConfig(dg.Config):
@@ -102,9 +137,7 @@ class ClassBalanceConfig(dg.Config):
 
 
 @dg.asset_check(asset=cifar10_split)
-def check_cifar10_split_class_balance(
-    config: ClassBalanceConfig, cifar10_split: Cifar10Split
-) -> dg.AssetCheckResult:
+def check_cifar10_split_class_balance(config: ClassBalanceConfig, cifar10_split: Cifar10Split) -> dg.AssetCheckResult:
     """Each class's count within each split stays within `tolerance` of that split's mean class count."""
     counts = class_counts(cifar10_split.index)
     return validated(
@@ -119,9 +152,7 @@ class MinCountsConfig(dg.Config):
 
 
 @dg.asset_check(asset=cifar10_split)
-def check_cifar10_split_min_counts(
-    config: MinCountsConfig, cifar10_split: Cifar10Split
-) -> dg.AssetCheckResult:
+def check_cifar10_split_min_counts(config: MinCountsConfig, cifar10_split: Cifar10Split) -> dg.AssetCheckResult:
     """Every class has at least `min_per_class` images in train, validation and test."""
     counts = class_counts(cifar10_split.index)
     return validated(

@@ -33,6 +33,7 @@ DROPPED_SCHEMA = pa.DataFrameSchema(
         "source_index": pa.Column("int64", pa.Check.ge(0)),
         "hash": pa.Column(str, pa.Check.str_matches(HASH_PATTERN)),
         "reason": pa.Column(str, pa.Check.isin(DROP_REASONS)),
+        "matched_test_id": pa.Column(str),
     },
     strict=True,
     name="cifar10_split.dropped",

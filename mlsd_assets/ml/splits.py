@@ -15,7 +15,7 @@ from mlsd_assets.ml.atomic import atomic_path
 SplitName = Literal["train", "validation", "test"]
 SPLITS: tuple[SplitName, ...] = ("train", "validation", "test")
 INDEX_COLUMNS = ("image_id", "partition", "source_index", "label", "split", "hash")
-DROPPED_COLUMNS = ("partition", "source_index", "hash", "reason")
+DROPPED_COLUMNS = ("partition", "source_index", "hash", "reason", "matched_test_id")
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,13 @@ class Cifar10Split:
     def load(cls, path: Path) -> Cifar10Split:
         with np.load(path, allow_pickle=False) as z:
             index = pd.DataFrame({c: z[f"index__{c}"] for c in INDEX_COLUMNS})
-            dropped = pd.DataFrame({c: z[f"dropped__{c}"] for c in DROPPED_COLUMNS})
+            # splits stored before `matched_test_id` existed name no test image
+            dropped = pd.DataFrame(
+                {
+                    c: z[f"dropped__{c}"] if f"dropped__{c}" in z.files else np.full(len(z["dropped__hash"]), "")
+                    for c in DROPPED_COLUMNS
+                }
+            )
             return cls(
                 images=z["images"],
                 index=index,

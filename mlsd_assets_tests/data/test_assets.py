@@ -55,7 +55,7 @@ def test_official_partitions_drop_and_split(mlsd_home: Path) -> None:
     result = materialize_split(instance, resources, TINY_DATA_CONFIG)
     assert result.success
     evaluations = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert len(evaluations) == 6 and all(evaluations.values()), evaluations
+    assert len(evaluations) == 7 and all(evaluations.values()), evaluations
     split = Cifar10Split.load(_artifact(mlsd_home, "cifar10_split", "latest"))
     assert split.partitions == sorted([*OFFICIAL_BATCHES, "drop_0001"])
     assert split.counts()["test"] == 60 and sum(split.counts().values()) == 6 * 60 + 40

@@ -80,10 +80,7 @@ def test_validation_fraction_is_honoured_per_class() -> None:
     split = build_split({"data_batch_1": _batch("data_batch_1", images, labels)}, 0.25, LOG)
     share = split.index.groupby("label")["split"].apply(lambda s: (s == "validation").mean())
     assert share.between(0.17, 0.33).all(), share.to_dict()
-    assert (
-        build_split({"data_batch_1": _batch("data_batch_1", images, labels)}, 0.0, LOG).counts()["validation"]
-        == 0
-    )
+    assert build_split({"data_batch_1": _batch("data_batch_1", images, labels)}, 0.0, LOG).counts()["validation"] == 0
 
 
 def test_statistics_come_from_train_rows_only() -> None:
@@ -94,9 +91,7 @@ def test_statistics_come_from_train_rows_only() -> None:
     assert np.allclose(split.mean, expected.mean(axis=0)) and np.allclose(split.std, expected.std(axis=0))
     brighter = dict(batches)
     t = batches["test_batch"]
-    brighter["test_batch"] = _batch(
-        "test_batch", np.clip(t.images.astype(int) + 60, 0, 255).astype(np.uint8), t.labels
-    )
+    brighter["test_batch"] = _batch("test_batch", np.clip(t.images.astype(int) + 60, 0, 255).astype(np.uint8), t.labels)
     assert build_split(brighter, 0.2, LOG).mean == split.mean, "test pixels leaked into the statistics"
 
 
@@ -105,3 +100,56 @@ def test_empty_inputs_fail_loudly() -> None:
         build_split({}, 0.1, LOG)
     with pytest.raises(ValueError, match="train split is empty"):
         channel_stats(np.zeros((0, 32, 32, 3), dtype=np.uint8))
+
+
+def test_relabelled_test_images_in_a_drop_never_shrink_the_test_split() -> None:
+    """Issue 11: a drop relabelling 50 test images removed them from test (100 -> 50); test stays whole."""
+    batches = _official(100, seed=5)
+    test = batches["test_batch"]
+    relabelled = (test.labels[:50] + 1) % 10
+    labels = np.concatenate([relabelled, test.labels[50:60]])  # 50 relabelled copies, 10 faithful ones
+    drop = _batch("drop_relabel", test.images[:60].copy(), labels)
+    split = build_split({**batches, "drop_relabel": drop}, 0.2, LOG)
+    assert split.counts()["test"] == 100
+    test_rows = split.index[split.index["split"] == "test"]
+    assert (test_rows["label"].to_numpy() == test.labels).all(), "test labels are the official ones"
+    dropped = split.dropped.set_index("source_index")
+    assert (dropped["partition"] == "drop_relabel").all() and len(dropped) == 60
+    assert set(dropped.loc[range(50), "reason"]) == {"conflicts_with_test"}
+    assert set(dropped.loc[range(50, 60), "reason"]) == {"duplicate_of_test"}
+    assert list(dropped.loc[range(60), "matched_test_id"]) == [f"test_batch:{i}" for i in range(60)]
+
+
+def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "JPEG", quality=quality)
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def test_near_duplicates_of_test_images_leave_training() -> None:
+    batches = _official(100, seed=6)
+    test = batches["test_batch"].images
+    one_pixel = test[2].copy()
+    one_pixel[5, 7] = 255 - one_pixel[5, 7]
+    brighter = np.clip(test[3].astype(np.int16) + 8, 0, 255).astype(np.uint8)
+    near = np.stack([_jpeg(test[0], 95), _jpeg(test[1], 75), one_pixel, brighter])
+    distinct, distinct_labels = make_images(20, seed=77)
+    drop = _batch(
+        "drop_near",
+        np.concatenate([near, distinct]),
+        np.concatenate([batches["test_batch"].labels[:4], distinct_labels]),
+    )
+    split = build_split({**batches, "drop_near": drop}, 0.2, LOG)
+    dropped = split.dropped[split.dropped["partition"] == "drop_near"]
+    assert list(dropped["source_index"]) == [0, 1, 2, 3]
+    assert set(dropped["reason"]) == {"near_duplicate_of_test"}
+    assert list(dropped["matched_test_id"]) == [f"test_batch:{i}" for i in range(4)]
+    assert split.counts()["test"] == 100 and (split.index["partition"] == "drop_near").sum() == 20
+    assert len(split.dropped) == 4, "no distinct image is taken for a near-duplicate"
+
+    kept = build_split({**batches, "drop_near": drop}, 0.2, LOG, near_duplicate_distance=None)
+    assert (kept.index["partition"] == "drop_near").sum() == 24
