@@ -1,60 +1,103 @@
-"""A small keep-alive HTTP client for the server's raw-bytes API: stdlib only, cheap per request."""
+"""A keep-alive httpx client for the server's Open Inference Protocol v2 API (binary tensor data extension)."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import time
 from dataclasses import dataclass, field
-from urllib.parse import urlparse
 
+import httpx
 import numpy as np
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 class ServerRequestError(RuntimeError):
     """The server answered a well-formed request with an error (or not at all)."""
 
 
+def infer_body(input_name: str, output_name: str, images: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    """A v2 infer request: JSON header, then the uint8 NHWC pixels as binary; logits asked back as binary."""
+    pixels = np.ascontiguousarray(images, dtype=np.uint8).tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": input_name,
+                    "shape": list(images.shape),
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": len(pixels)},
+                }
+            ],
+            "outputs": [{"name": output_name, "parameters": {"binary_data": True}}],
+        },
+        separators=(",", ":"),
+    ).encode()
+    return header + pixels, {HEADER_LENGTH: str(len(header)), "Content-Type": "application/octet-stream"}
+
+
+def infer_outputs(content: bytes, header_length: str | None) -> dict[str, np.ndarray]:
+    """Output tensors of a v2 infer response, binary or JSON."""
+    split = int(header_length) if header_length is not None else len(content)
+    doc = json.loads(content[:split])
+    tensors, pos = {}, split
+    for out in doc["outputs"]:
+        dtype = {"FP32": "<f4", "INT64": "<i8", "UINT8": "u1"}[out["datatype"]]
+        size = (out.get("parameters") or {}).get("binary_data_size")
+        if size is None:
+            tensors[out["name"]] = np.asarray(out["data"], dtype=dtype).reshape(out["shape"])
+        else:
+            tensors[out["name"]] = np.frombuffer(content[pos : pos + size], dtype=dtype).reshape(out["shape"])
+            pos += size
+    return tensors
+
+
 class ServerClient:
-    """One persistent connection; reconnects once if the server closed it between requests."""
+    """One persistent connection; the model's name and tensor names come from its v2 metadata."""
 
     def __init__(self, base_url: str, timeout_s: float = 30.0) -> None:
-        parsed = urlparse(base_url)
-        self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 80
-        self.timeout_s = timeout_s
-        self._conn: http.client.HTTPConnection | None = None
+        self.http = httpx.Client(base_url=base_url, timeout=timeout_s)
+        self._model: dict | None = None
 
-    def _request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-        for attempt in (0, 1):
-            if self._conn is None:
-                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
-            try:
-                self._conn.request(method, path, body=body, headers=headers or {})
-                response = self._conn.getresponse()
-                return response.status, response.read()
-            except (ConnectionError, http.client.HTTPException):
-                self.close()
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
+    @property
+    def model(self) -> dict:
+        """The served model's v2 metadata (name, versions, inputs, outputs), fetched once."""
+        if self._model is None:
+            ready = self.http.get("/v2/health/ready")
+            if ready.status_code != 200:
+                raise ServerRequestError(f"GET /v2/health/ready -> {ready.status_code}: {ready.text[:300]}")
+            index = self.http.post("/v2/repository/index")  # Triton's model repository extension
+            if index.status_code != 200 or not index.json():
+                raise ServerRequestError(f"POST /v2/repository/index -> {index.status_code}: {index.text[:300]}")
+            self._model = json.loads(self.get(f"/v2/models/{index.json()[0]['name']}"))
+        return self._model
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        model = self.model
+        output = model["outputs"][0]["name"]
+        content, headers = infer_body(model["inputs"][0]["name"], output, images)
+        try:
+            r = self.http.post(f"/v2/models/{model['name']}/infer", content=content, headers=headers)
+        except httpx.HTTPError as exc:
+            raise ServerRequestError(f"POST infer ({len(images)} images): {type(exc).__name__}: {exc}") from exc
+        if r.status_code != 200:
+            raise ServerRequestError(f"POST infer ({len(images)} images) -> {r.status_code}: {r.text[:300]}")
+        return infer_outputs(r.content, r.headers.get(HEADER_LENGTH))[output]
 
     def predict(self, images: np.ndarray) -> list[int]:
-        headers = {"Content-Type": "application/octet-stream", "X-Shape": ",".join(map(str, images.shape))}
-        status, body = self._request("POST", "/v1/predict", np.ascontiguousarray(images).tobytes(), headers)
-        if status != 200:
-            raise ServerRequestError(f"POST /v1/predict ({len(images)} images) -> {status}: {body[:300]!r}")
-        return json.loads(body)["predictions"]
+        return self.logits(images).argmax(axis=1).tolist()
 
     def get(self, path: str) -> bytes:
-        status, body = self._request("GET", path)
-        if status != 200:
-            raise ServerRequestError(f"GET {path} -> {status}: {body[:300]!r}")
-        return body
+        try:
+            r = self.http.get(path)
+        except httpx.HTTPError as exc:
+            raise ServerRequestError(f"GET {path}: {type(exc).__name__}: {exc}") from exc
+        if r.status_code != 200:
+            raise ServerRequestError(f"GET {path} -> {r.status_code}: {r.text[:300]}")
+        return r.content
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self.http.close()
 
 
 @dataclass
@@ -75,7 +118,7 @@ def single_image_pass(client: ServerClient, images: np.ndarray) -> Pass:
         t0 = time.perf_counter()
         try:
             result.predictions[i] = client.predict(images[i : i + 1])[0]
-        except (ServerRequestError, OSError, http.client.HTTPException) as exc:
+        except ServerRequestError as exc:
             result.errors.append(f"image {i}: {exc}")
         result.seconds.append(time.perf_counter() - t0)
     result.wall_seconds = time.perf_counter() - start
@@ -90,7 +133,7 @@ def batched_pass(client: ServerClient, images: np.ndarray, batch_size: int) -> P
         t0 = time.perf_counter()
         try:
             result.predictions[lo : lo + batch_size] = client.predict(images[lo : lo + batch_size])
-        except (ServerRequestError, OSError, http.client.HTTPException) as exc:
+        except ServerRequestError as exc:
             result.errors.append(f"images {lo}..{lo + batch_size - 1}: {exc}")
         result.seconds.append(time.perf_counter() - t0)
     result.wall_seconds = time.perf_counter() - start

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,17 +36,21 @@ class Measurements:
 
 
 def server_counters(metrics_text: str) -> dict[str, float]:
-    """Predict-request totals from the server's own /metrics, to cross-check what the client saw."""
+    """Infer-request totals from the server's own /metrics, to cross-check what the client saw."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     totals = {"requests": 0.0, "errors_4xx": 0.0, "errors_5xx": 0.0, "images": 0.0}
-    pattern = r'^mlsd_http_requests_total\{path="/v1/predict",[^}]*status="(\d+)"\} (\S+)$'
-    for status, n in re.findall(pattern, metrics_text, re.M):
-        totals["requests"] += float(n)
-        if status.startswith("4"):
-            totals["errors_4xx"] += float(n)
-        elif status.startswith("5"):
-            totals["errors_5xx"] += float(n)
-    images = re.search(r"^mlsd_predicted_images_total (\S+)$", metrics_text, re.M)
-    totals["images"] = float(images.group(1)) if images else 0.0
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == "mlsd_requests_total" and sample.labels["route"] == "/v2/models/{name}/infer":
+                totals["requests"] += sample.value
+                status = sample.labels["status"]
+                if status.startswith("4"):
+                    totals["errors_4xx"] += sample.value
+                elif status.startswith("5"):
+                    totals["errors_5xx"] += sample.value
+            elif sample.name == "mlsd_inferred_images_total":
+                totals["images"] = sample.value
     return totals
 
 

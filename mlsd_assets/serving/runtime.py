@@ -50,7 +50,7 @@ def free_port() -> int:
 
 
 def wait_healthy(base_url: str, timeout_s: float, exited: Callable[[], str | None]) -> dict:
-    """Poll /health until 200; `exited` returns the server's logs if it died, so we stop waiting at once."""
+    """Poll /v2/health/ready until 200; `exited` returns the server's logs if it died, so we stop waiting at once."""
     deadline = time.monotonic() + timeout_s
     last = "no answer yet"
     while time.monotonic() < deadline:
@@ -58,7 +58,7 @@ def wait_healthy(base_url: str, timeout_s: float, exited: Callable[[], str | Non
         if dead is not None:
             raise ServerStartError(f"server at {base_url} exited before becoming healthy:\n{dead}")
         try:
-            with urllib.request.urlopen(f"{base_url}/health", timeout=2) as r:
+            with urllib.request.urlopen(f"{base_url}/v2/health/ready", timeout=2) as r:
                 return json.loads(r.read())
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             last = str(exc)

@@ -1,163 +1,301 @@
-"""The inference server in-process: contract, predictions, input validation (4xx with reasons) and metrics."""
+"""The inference server in-process: the v2 protocol, predictions, input validation (4xx with reasons), metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import io
 import json
 import random
-import re
+import struct
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
+from mlsd_assets.evaluation.client import infer_body, infer_outputs
+from mlsd_assets.evaluation.measure import server_counters
 from mlsd_assets.serving.server.app import create_app
+from mlsd_assets.serving.server.batching import BatchingConfig
 from mlsd_assets.serving.server.inputs import Limits
 from mlsd_assets.serving.server.model import ModelContractError, Predictor
 from mlsd_assets_tests.serving.onnx_models import write_tiny_model
 
-RAW = {"content-type": "application/octet-stream"}
+MODEL = "/v2/models/cifar10-classifier"
+INFER = f"{MODEL}/infer"
+LIMITS = Limits(max_batch=64, max_body_bytes=1_000_000, max_encoded_image_bytes=20_000)
 
 
 @pytest.fixture(scope="module")
 def client(tiny_model: Path):
-    app = create_app(Predictor(tiny_model), Limits(max_batch=64, max_body_bytes=1_000_000))
-    with TestClient(app) as c:
+    with TestClient(create_app(Predictor(tiny_model), LIMITS)) as c:
         yield c
 
 
-def offline(model: Path, images: np.ndarray) -> list[int]:
+def offline_logits(model: Path, images: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    return session.run(["logits"], {"images": images})[0].argmax(axis=1).tolist()
+    return session.run(["logits"], {"images": images})[0]
 
 
-def test_health_and_metadata(client: TestClient):
-    assert client.get("/health").json() == {"status": "ok", "model_version": "7"}
-    meta = client.get("/metadata").json()
-    assert meta["model_version"] == "7"
-    assert meta["mlflow_run_id"] == "run-test"
-    assert meta["classes"][3] == "cat" and len(meta["classes"]) == 10
-    assert meta["input"] | {"mean": None, "std": None} == {
-        "name": "images", "dtype": "uint8", "layout": "NHWC", "shape": [-1, 32, 32, 3],
-        "mean": None, "std": None, "normalisation": "inside the graph: send raw 0..255 pixels",
-    }
-    assert meta["limits"] == {"max_batch": 64, "max_body_bytes": 1_000_000}
+def offline(model: Path, images: np.ndarray) -> list[int]:
+    return offline_logits(model, images).argmax(axis=1).tolist()
 
 
-def test_raw_predictions_match_offline_onnx(client: TestClient, tiny_model: Path, test_images):
-    images, _ = test_images
-    expected = offline(tiny_model, images)
-    for headers, url in [
-        ({"x-shape": f"{len(images)},32,32,3"}, "/v1/predict"),
-        ({}, f"/v1/predict?n={len(images)}"),
-        ({}, "/v1/predict"),  # batch inferred from the body length
-    ]:
-        r = client.post(url, content=images.tobytes(), headers=RAW | headers)
-        assert r.status_code == 200, r.text
-        assert r.json()["predictions"] == expected
-    single = client.post("/v1/predict?logits=1", content=images[0].tobytes(), headers=RAW)
-    assert single.json()["predictions"] == expected[:1] and len(single.json()["logits"][0]) == 10
+def binary(images: np.ndarray) -> dict:
+    content, headers = infer_body("images", "logits", images)
+    return {"content": content, "headers": headers}
 
 
-def test_json_forms_match_raw(client: TestClient, tiny_model: Path, test_images):
-    images, _ = test_images
-    expected = offline(tiny_model, images[:4])
-    r = client.post("/v1/predict", json={"instances": images[:4].tolist()})
+def answer(r: httpx.Response) -> np.ndarray:
     assert r.status_code == 200, r.text
-    assert r.json()["predictions"] == expected
-    single = client.post("/v1/predict", json={"instances": images[0].tolist()})
-    assert single.json()["predictions"] == expected[:1]
-    b64 = {"b64": base64.b64encode(images[:4].tobytes()).decode(), "shape": [4, 32, 32, 3]}
-    assert client.post("/v1/predict", json=b64).json()["predictions"] == expected
+    return infer_outputs(r.content, r.headers.get("inference-header-content-length"))["logits"]
 
 
-one = bytes(3072)
+def tensor(data: object = None, shape: list | None = None, datatype: str = "UINT8", **extra) -> dict:
+    t = {"name": "images", "shape": shape or [1, 32, 32, 3], "datatype": datatype} | extra
+    if data is not None:
+        t["data"] = data
+    return {"json": {"inputs": [t]}}
 
 
-def raw(body: bytes = one, params: dict | None = None, **headers: str) -> dict:
-    extra = {k.replace("_", "-"): v for k, v in headers.items()}
-    return {"content": body, "headers": RAW | extra, "params": params or {}}
+def split_body(doc: dict, payload: bytes) -> dict:
+    header = json.dumps(doc).encode()
+    return {"content": header + payload, "headers": {"inference-header-content-length": str(len(header))}}
 
 
-def as_json(doc: object) -> dict:
-    return {"json": doc}
+def encoded(files: list[bytes], shape: list | None = None) -> dict:
+    payload = b"".join(struct.pack("<I", len(f)) + f for f in files)
+    doc = {
+        "inputs": [
+            {
+                "name": "images",
+                "shape": shape or [len(files)],
+                "datatype": "BYTES",
+                "parameters": {"binary_data_size": len(payload)},
+            }
+        ]
+    }
+    return split_body(doc, payload)
 
+
+def png(image: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_server_and_model_metadata(client: TestClient):
+    assert client.get("/v2").json() == {
+        "name": "mlsd",
+        "version": ort.__version__,
+        "extensions": ["binary_tensor_data"],
+    }
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").status_code == 200
+    meta = client.get(MODEL).json()
+    assert client.get(f"{MODEL}/versions/7").json() == meta
+    assert meta["name"] == "cifar10-classifier" and meta["versions"] == ["7"]
+    assert meta["inputs"] == [{"name": "images", "datatype": "UINT8", "shape": [-1, 32, 32, 3]}]
+    assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]
+    mlsd = meta["parameters"]["mlsd"]
+    assert mlsd["model_version"] == "7" and mlsd["mlflow_run_id"] == "run-test" and mlsd["classes"][3] == "cat"
+    assert meta["parameters"]["limits"]["max_batch"] == 64
+    assert client.get(f"{MODEL}/ready").json() == {"name": "cifar10-classifier", "ready": True}
+    assert client.post("/v2/repository/index").json() == [
+        {"name": "cifar10-classifier", "version": "7", "state": "READY"}
+    ]
+
+
+def test_unknown_model_version_route_and_method_in_v2_error_format(client: TestClient):
+    r = client.get("/v2/models/resnet/ready")
+    assert r.status_code == 404 and "serves 'cifar10-classifier' version '7'" in r.json()["error"]
+    r = client.post(f"{MODEL}/versions/3/infer", **binary(np.zeros((1, 32, 32, 3), np.uint8)))
+    assert r.status_code == 404 and "no version '3'" in r.json()["error"]
+    assert client.get("/nope").status_code == 404 and "error" in client.get("/nope").json()
+    assert client.get(INFER).status_code == 405 and "error" in client.get(INFER).json()
+    # The former API is gone: one protocol, the standard one.
+    assert client.post("/v1/predict", content=bytes(3072)).status_code == 404
+
+
+def test_binary_and_json_tensors_match_offline_onnx(client: TestClient, tiny_model: Path, test_images):
+    images, _ = test_images
+    expected = offline_logits(tiny_model, images)
+    got = answer(client.post(INFER, **binary(images)))
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(answer(client.post(f"{MODEL}/versions/7/infer", **binary(images[:3]))), expected[:3])
+    flat = client.post(INFER, **tensor(images[:2].ravel().tolist(), [2, 32, 32, 3]), params=None)
+    doc = flat.json()
+    assert doc["model_name"] == "cifar10-classifier" and doc["model_version"] == "7"
+    assert doc["outputs"][0]["shape"] == [2, 10] and doc["outputs"][0]["datatype"] == "FP32"
+    np.testing.assert_allclose(np.asarray(doc["outputs"][0]["data"]).reshape(2, 10), expected[:2], rtol=1e-6)
+    nested = client.post(
+        INFER,
+        json={
+            "id": "req-1",
+            "inputs": [{"name": "images", "shape": [1, 32, 32, 3], "datatype": "UINT8", "data": images[0].tolist()}],
+        },
+    )
+    assert nested.json()["id"] == "req-1"
+    np.testing.assert_allclose(nested.json()["outputs"][0]["data"], expected[0], rtol=1e-6)
+    # binary_data_output on the request asks every output back as binary
+    body = {
+        "inputs": [
+            {"name": "images", "shape": [1, 32, 32, 3], "datatype": "UINT8", "data": images[0].ravel().tolist()}
+        ],
+        "parameters": {"binary_data_output": True},
+    }
+    np.testing.assert_array_equal(answer(client.post(INFER, json=body))[0], expected[0])
+
+
+def test_encoded_png_and_jpeg_images(client: TestClient, tiny_model: Path, test_images):
+    images, _ = test_images
+    files = [png(im) for im in images[:5]]
+    np.testing.assert_array_equal(answer(client.post(INFER, **encoded(files))), offline_logits(tiny_model, images[:5]))
+    jpeg = io.BytesIO()
+    Image.fromarray(images[0]).save(jpeg, format="JPEG", quality=95)
+    decoded = np.asarray(Image.open(io.BytesIO(jpeg.getvalue())).convert("RGB"))[None]
+    np.testing.assert_array_equal(
+        answer(client.post(INFER, **encoded([jpeg.getvalue()]))), offline_logits(tiny_model, decoded)
+    )
+    as_json = tensor([base64.b64encode(f).decode() for f in files[:2]], [2], "BYTES")
+    assert client.post(INFER, **as_json).json()["outputs"][0]["shape"] == [2, 10]
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A real 32x32 PNG whose IHDR claims width x height (CRC fixed): decoding it would need the full size."""
+    import zlib
+
+    data = bytearray(png(np.zeros((32, 32, 3), np.uint8)))
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+def _deep(depth: int) -> dict:
+    body = "[" * depth + "]" * depth
+    return {"content": f'{{"inputs": {body}}}'.encode(), "headers": {"content-type": "application/json"}}
+
+
+one = np.zeros((1, 32, 32, 3), np.uint8)
 
 BAD_REQUESTS = [
     # (description, request kwargs, status, words the reason must contain)
-    ("empty body", raw(b""), 400, "empty body"),
-    ("not a whole image", raw(bytes(3000)), 422, "whole number"),
-    ("shape disagrees with body", raw(x_shape="2,32,32,3"), 422, "needs 6144"),
-    ("wrong image size", raw(x_shape="1,32,32,1"), 422, "X-Shape must be N,32,32,3"),
-    ("garbage shape", raw(x_shape="one,two"), 400, "integers"),
-    ("wrong dtype", raw(x_dtype="float32"), 422, "X-Dtype must be uint8"),
-    ("n not a number", raw(params={"n": "x"}), 400, "must be an integer"),
-    ("zero batch", raw(params={"n": "0"}), 422, "batch size must be >= 1"),
-    ("batch over limit", raw(bytes(3072 * 65)), 413, "exceeds the limit of 64"),
-    ("body over limit", raw(bytes(1_000_001)), 413, "exceeds the limit of 1000000 bytes"),
-    ("unsupported type", {"content": b"x", "headers": {"content-type": "text/plain"}}, 415, "Content-Type"),
-    ("malformed json", {"content": b"{", "headers": {"content-type": "application/json"}}, 400, "valid JSON"),
-    ("json without instances", as_json({"images": []}), 422, "exactly one of"),
-    ("ragged instances", as_json({"instances": [[[0, 0, 0]], [[0]]]}), 422, "rectangular"),
-    ("wrong json shape", as_json({"instances": np.zeros((1, 8, 8, 3), int).tolist()}), 422, "[1, 8, 8, 3]"),
-    ("float pixels", as_json({"instances": np.full((32, 32, 3), 0.5).tolist()}), 422, "integers 0..255"),
-    ("pixels out of range", as_json({"instances": np.full((32, 32, 3), 300).tolist()}), 422, "0..300"),
-    ("bad base64", as_json({"b64": "%%%"}), 400, "not valid base64"),
+    ("empty body", {"content": b""}, 400, "empty body"),
+    ("malformed json", {"content": b"{"}, 400, "valid JSON"),
+    ("json array", {"json": [1]}, 400, "JSON object"),
+    ("no inputs", {"json": {"outputs": []}}, 400, "exactly one tensor"),
+    ("two inputs", {"json": {"inputs": [{"name": "images"}, {"name": "images"}]}}, 400, "exactly one tensor"),
+    (
+        "wrong input name",
+        {"json": {"inputs": [{"name": "x", "shape": [1], "datatype": "UINT8"}]}},
+        400,
+        "this model's input is 'images'",
+    ),
+    ("wrong datatype", tensor([0], datatype="FP32"), 400, "datatype must be UINT8"),
+    ("shape not a list", tensor([0], shape="1,32,32,3"), 400, "list of integers"),
+    ("negative dims", tensor([0], shape=[-1, 32, 32, 3]), 400, "must not be negative"),
+    ("wrong image size", tensor([0], shape=[1, 8, 8, 3]), 400, "[N,32,32,3]"),
+    ("zero batch", tensor([], shape=[0, 32, 32, 3]), 400, "batch size must be >= 1"),
+    ("batch over limit", tensor([0], shape=[65, 32, 32, 3]), 413, "exceeds the limit of 64"),
+    ("data size disagrees", tensor([0] * 5), 400, "needs 3072 values, data has 5"),
+    ("ragged data", tensor([[0, 0], [0]]), 400, "rectangular"),
+    ("float pixels", tensor([0.5] * 3072), 400, "integers 0..255"),
+    ("pixels out of range", tensor([300] * 3072), 400, "0..300"),
+    (
+        "data and binary",
+        split_body(tensor([0], parameters={"binary_data_size": 1})["json"], b"\x00"),
+        400,
+        "either data or",
+    ),
+    ("binary size disagrees", {**binary(one), "headers": {"inference-header-content-length": "50"}}, 400, "valid JSON"),
+    (
+        "header length garbage",
+        {**binary(one), "headers": {"inference-header-content-length": "x"}},
+        400,
+        "Inference-Header-Content-Length",
+    ),
+    ("bytes after json", split_body(tensor([0] * 3072)["json"], b"xx"), 400, "binary_data_size"),
+    ("body over limit", {"content": bytes(1_000_001)}, 413, "exceeds the limit of 1000000 bytes"),
+    ("compressed body", {"content": b"x", "headers": {"content-encoding": "gzip"}}, 415, "uncompressed"),
+    ("json nested 1000 deep", _deep(1000), 400, "nested 1001 deep exceeds the limit of 32"),
+    (
+        "unknown output",
+        {
+            "json": {
+                "inputs": [{"name": "images", "shape": [1, 32, 32, 3], "datatype": "UINT8", "data": [0] * 3072}],
+                "outputs": [{"name": "probs"}],
+            }
+        },
+        400,
+        "unknown outputs ['probs']",
+    ),
+    ("bytes shape", encoded([b"x"], shape=[1, 2]), 400, "BYTES shape must be [N]"),
+    ("bytes count", encoded([b"x"], shape=[2]), 400, "shape says 2 BYTES elements"),
+    ("not an image", encoded([b"hello"]), 415, "not a PNG or JPEG"),
+    ("image too big in bytes", encoded([bytes(20_001)]), 413, "over the limit of 20000 per encoded image"),
+    ("image wrong size", encoded([png(np.zeros((8, 8, 3), np.uint8))]), 422, "declares 8x8 pixels"),
+    (
+        "png header claims 65000x65000",
+        encoded([_png_claiming(65000, 65000)]),
+        422,
+        "takes 32x32; Image size (4225000000",
+    ),
+    ("png header claims 64x64", encoded([_png_claiming(64, 64)]), 422, "declares 64x64"),
+    ("truncated png", encoded([png(np.zeros((32, 32, 3), np.uint8))[:60]]), 422, "cannot decode"),
+    (
+        "16-bit png",
+        encoded(
+            [
+                (lambda b: (Image.fromarray(np.full((32, 32), 40000, np.uint16)).save(b, "PNG"), b.getvalue())[1])(
+                    io.BytesIO()
+                )
+            ]
+        ),
+        422,
+        "8-bit only",
+    ),
+    ("bad base64", tensor(["%%%"], [1], "BYTES"), 400, "not valid base64"),
 ]
 IDS = [b[0] for b in BAD_REQUESTS]
 
 
 @pytest.mark.parametrize(("what", "kwargs", "status", "reason"), BAD_REQUESTS, ids=IDS)
 def test_bad_input_gets_4xx_with_reason(client: TestClient, what, kwargs, status, reason):
-    r = client.post("/v1/predict", **kwargs)
+    r = client.post(INFER, **kwargs)
     assert r.status_code == status, (what, r.text)
     assert reason in r.json()["error"], (what, r.json())
 
 
-def test_wrong_method_and_path(client: TestClient):
-    assert client.get("/v1/predict").status_code == 405
-    assert client.post("/health").status_code == 405
-    assert client.get("/nope").status_code == 404
-
-
-def requests_total(metrics_text: str) -> dict[tuple[str, str], int]:
-    counts: dict[tuple[str, str], int] = {}
-    pattern = r'mlsd_http_requests_total\{path="([^"]+)",method="\w+",status="(\d+)"\} (\d+)'
-    for path, status, n in re.findall(pattern, metrics_text):
-        counts[(path, status)] = counts.get((path, status), 0) + int(n)
-    return counts
-
-
 def test_thousand_mixed_requests_no_crash_and_counted(tiny_model: Path, test_images):
     images, _ = test_images
-    app = create_app(Predictor(tiny_model), Limits(max_batch=64, max_body_bytes=1_000_000))
+    app = create_app(Predictor(tiny_model), LIMITS)
     rng = random.Random(0)
-    good = [
-        lambda: dict(content=images[: rng.randint(1, 8)].tobytes(), headers=RAW),
-        lambda: dict(json={"instances": images[rng.randrange(len(images))].tolist()}),
-    ]
-    bad = [b[1] for b in BAD_REQUESTS]
-    sent: dict[tuple[str, str], int] = {}
+    statuses: dict[str, int] = {}
     with TestClient(app, raise_server_exceptions=True) as c:
         for _ in range(1000):
-            kind = rng.random()
-            kwargs = rng.choice(good)() if kind < 0.5 else rng.choice(bad)
-            r = c.post("/v1/predict", **kwargs)
+            good = rng.random() < 0.5
+            kwargs = binary(images[: rng.randint(1, 8)]) if good else rng.choice(BAD_REQUESTS)[1]
+            r = c.post(INFER, **kwargs)
             assert r.status_code < 500, r.text
-            key = ("/v1/predict", str(r.status_code))
-            sent[key] = sent.get(key, 0) + 1
-        assert c.get("/health").status_code == 200
+            statuses[str(r.status_code)] = statuses.get(str(r.status_code), 0) + 1
         text = c.get("/metrics").text
-    counted = requests_total(text)
-    assert {k: v for k, v in counted.items() if k[0] == "/v1/predict"} == sent
-    assert sum(sent.values()) == 1000 and sent[("/v1/predict", "200")] > 300
-    errors = re.search(r'mlsd_http_request_errors_total\{path="/v1/predict",class="4xx"\} (\d+)', text)
-    assert int(errors.group(1)) == 1000 - sent[("/v1/predict", "200")]
-    assert 'mlsd_http_request_duration_seconds_count{path="/v1/predict"} 1000' in text
-    info = 'mlsd_model_info{mlflow_run_id="run-test",model_name="cifar10-classifier",model_version="7"} 1'
-    assert info in text
+    counted = {
+        s.labels["status"]: s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "mlsd_requests_total" and s.labels["route"] == "/v2/models/{name}/infer"
+    }
+    assert counted == {k: float(v) for k, v in statuses.items()}
+    totals = server_counters(text)
+    assert totals["requests"] == 1000 and totals["errors_5xx"] == 0
+    assert totals["errors_4xx"] == 1000 - statuses["200"]
+    assert 'mlsd_model_info{mlflow_run_id="run-test",model_name="cifar10-classifier",model_version="7"} 1.0' in text
 
 
 def test_model_without_contract_is_refused_at_start(tmp_path: Path):
@@ -169,10 +307,60 @@ def test_model_without_contract_is_refused_at_start(tmp_path: Path):
         Predictor(path)
 
 
-def test_metrics_exposition_is_well_formed(client: TestClient):
-    client.post("/v1/predict", content=one, headers=RAW)
-    text = client.get("/metrics").text
-    assert client.get("/metrics").headers["content-type"].startswith("text/plain; version=0.0.4")
-    for line in text.splitlines():
-        assert line.startswith("# ") or re.fullmatch(r"[a-z_]+(\{[^}]*\})? [0-9.e+-]+", line), line
-    assert json.loads(client.get("/metadata").text)["model_version"] == "7"
+def test_model_of_an_earlier_version_without_a_registered_name_is_served(tmp_path: Path):
+    path = write_tiny_model(tmp_path / "old.onnx", metadata={"mlsd.registered_model_name": None})
+    with TestClient(create_app(Predictor(path))) as c:
+        assert c.get("/v2/models/model/ready").status_code == 200
+        assert answer(c.post("/v2/models/model/infer", **binary(one))).shape == (1, 10)
+
+
+class SlowPredictor:
+    """The tiny model behind a delay, to see what the event loop does while inference runs."""
+
+    def __init__(self, inner: Predictor, delay_s: float) -> None:
+        self.inner, self.delay_s, self.calls = inner, delay_s, []
+        self.contract, self.session = inner.contract, inner.session
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        self.calls.append(len(images))
+        time.sleep(self.delay_s)
+        return self.inner.logits(images)
+
+
+def test_health_answers_while_inference_runs_and_big_requests_do_not_starve_small_ones(tiny_model: Path):
+    slow = SlowPredictor(Predictor(tiny_model), delay_s=0.05)
+    app = create_app(slow, Limits(), BatchingConfig(max_batch_size=64))
+
+    async def scenario() -> tuple[list[str], list[int]]:
+        order: list[str] = []
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+
+            async def call(tag: str, method: str, url: str, **kw) -> None:
+                r = await http.request(method, url, **kw)
+                assert r.status_code == 200, r.text
+                order.append(tag)
+
+            big = asyncio.create_task(call("big", "POST", INFER, **binary(np.zeros((1024, 32, 32, 3), np.uint8))))
+            await asyncio.sleep(0.12)  # the big request is in its chunks by now
+            await call("health", "GET", "/v2/health/ready")
+            await call("small", "POST", INFER, **binary(one))
+            await big
+        return order, slow.calls
+
+    order, calls = asyncio.run(scenario())
+    # 16 chunks of 64 take >= 0.8 s; health and the small request finish long before the big one.
+    assert order == ["health", "small", "big"]
+    assert calls.count(64) == 16 and 1 in calls
+    assert calls.index(1) < 15, f"the small request waited for the whole big one: {calls}"
+
+
+def test_inference_error_is_a_500_with_the_reason(tiny_model: Path):
+    class Broken(SlowPredictor):
+        def logits(self, images: np.ndarray) -> np.ndarray:
+            raise RuntimeError("ORT exploded")
+
+    with TestClient(create_app(Broken(Predictor(tiny_model), 0), LIMITS), raise_server_exceptions=False) as c:
+        r = c.post(INFER, **binary(one))
+        assert r.status_code == 500 and "ORT exploded" in r.json()["error"]
+        assert c.get("/v2/health/live").status_code == 200

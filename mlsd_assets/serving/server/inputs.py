@@ -1,13 +1,24 @@
-"""Request bodies to uint8 NHWC arrays, or an `InputError` that says exactly what is wrong (never a 500)."""
+"""Open Inference Protocol v2 request bodies to uint8 NHWC arrays, or an `InputError` that says what is wrong.
+
+Accepted: one input tensor named like the model's input, either UINT8 [N,H,W,C] (JSON `data`, flat or nested,
+or binary via the binary tensor data extension), or BYTES [N] of encoded PNG/JPEG images (binary: 4-byte
+little-endian length + bytes per element; JSON: base64 strings). Every size is checked before anything is
+allocated or decoded.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
+import struct
 from dataclasses import dataclass
 
 import numpy as np
+
+_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr"})  # 8-bit (or 1-bit) colour
+MAX_JSON_DEPTH = 32  # a v2 request nests ~8 deep; json's C parser raises RecursionError near 1000
 
 
 class InputError(Exception):
@@ -21,111 +32,239 @@ class InputError(Exception):
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds that keep one request from exhausting the server."""
+    """Bounds that keep one request, and all of them together, from exhausting the server."""
 
-    max_batch: int = 1024
-    max_body_bytes: int = 16 * 1024 * 1024
+    max_batch: int = 1024  # images per request
+    max_body_bytes: int = 16 * 1024 * 1024  # per request
+    max_inflight_bytes: int = 256 * 1024 * 1024  # bodies being received or held, all requests together
+    body_timeout_s: float = 30.0  # the whole body must arrive within this
+    max_encoded_image_bytes: int = 256 * 1024  # one PNG/JPEG element
 
 
-def _batch_size(n: int, limits: Limits, where: str) -> int:
+@dataclass(frozen=True)
+class InferRequest:
+    """What the server needs from a v2 infer request."""
+
+    images: np.ndarray
+    request_id: str | None
+    outputs: tuple[str, ...] | None  # None: all outputs
+    binary_outputs: frozenset[str]
+
+
+def json_depth(body: bytes | memoryview) -> int:
+    """Maximum bracket nesting, counted before parsing (vectorised; strings with brackets only overcount)."""
+    raw = np.frombuffer(body, dtype=np.uint8)
+    step = np.zeros(len(raw), dtype=np.int32)
+    step[(raw == 0x5B) | (raw == 0x7B)] = 1
+    step[(raw == 0x5D) | (raw == 0x7D)] = -1
+    return int(np.cumsum(step).max(initial=0))
+
+
+def parse_header(body: bytes | memoryview, header_length: str | None) -> tuple[dict, memoryview]:
+    """The JSON part of the body (all of it, or the first Inference-Header-Content-Length bytes) and the rest."""
+    view = memoryview(body)
+    if header_length is None:
+        json_part, binary = view, view[len(view) :]
+    else:
+        if not header_length.isdigit() or int(header_length) > len(view):
+            raise InputError(
+                400,
+                f"Inference-Header-Content-Length must be an integer <= the body size ({len(view)}), "
+                f"got {header_length!r}",
+            )
+        json_part, binary = view[: int(header_length)], view[int(header_length) :]
+    if not json_part:
+        raise InputError(400, "empty body: send a v2 inference request (JSON object with an inputs list)")
+    depth = json_depth(json_part)
+    if depth > MAX_JSON_DEPTH:
+        raise InputError(400, f"JSON nested {depth} deep exceeds the limit of {MAX_JSON_DEPTH}")
+    try:
+        doc = json.loads(bytes(json_part))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise InputError(400, f"body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InputError(400, "the inference request must be a JSON object with an inputs list")
+    return doc, binary
+
+
+def _dims(shape: object, where: str) -> tuple[int, ...]:
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise InputError(400, f"{where}: shape must be a list of integers, got {shape!r}")
+    if any(d < 0 for d in shape):
+        raise InputError(400, f"{where}: shape must not be negative, got {shape}")
+    return tuple(shape)
+
+
+def _batch(n: int, limits: Limits, where: str) -> int:
     if n < 1:
-        raise InputError(422, f"{where}: batch size must be >= 1, got {n}")
+        raise InputError(400, f"{where}: batch size must be >= 1, got {n}")
     if n > limits.max_batch:
         raise InputError(413, f"{where}: batch of {n} images exceeds the limit of {limits.max_batch}")
     return n
 
 
-def _declared_batch(shape_header: str | None, n_query: str | None, image_shape: tuple) -> int | None:
-    """N from `X-Shape: N,H,W,C` or `?n=N`; None when the client declared neither."""
-    if shape_header is not None:
-        try:
-            dims = tuple(int(d) for d in shape_header.replace(" ", "").strip("()[]").split(","))
-        except ValueError:
-            raise InputError(400, f"X-Shape must be integers like N,32,32,3, got {shape_header!r}") from None
-        if len(dims) != 4 or dims[1:] != image_shape:
-            raise InputError(
-                422, f"X-Shape must be N,{','.join(map(str, image_shape))} (NHWC), got {shape_header!r}"
-            )
-        if n_query is not None and n_query != str(dims[0]):
-            raise InputError(422, f"X-Shape batch {dims[0]} disagrees with ?n={n_query}")
-        return dims[0]
-    if n_query is not None:
-        try:
-            return int(n_query)
-        except ValueError:
-            raise InputError(400, f"query parameter n must be an integer, got {n_query!r}") from None
-    return None
+def infer_request(
+    doc: dict, binary: memoryview, input_name: str, image_shape: tuple[int, int, int], limits: Limits
+) -> InferRequest:
+    """Validate a parsed v2 request and produce the images it carries (a zero-copy view where possible)."""
+    inputs = doc.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise InputError(400, f"inputs must be a list with exactly one tensor, named {input_name!r}")
+    tensor = inputs[0]
+    if tensor.get("name") != input_name:
+        raise InputError(400, f"unknown input {tensor.get('name')!r}: this model's input is {input_name!r}")
+    where = f"input {input_name!r}"
+    shape = _dims(tensor.get("shape"), where)
+    params = tensor.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InputError(400, f"{where}: parameters must be an object")
+    size = params.get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InputError(400, f"{where}: binary_data_size must be a non-negative integer, got {size!r}")
+        if size != len(binary):
+            raise InputError(400, f"{where}: binary_data_size is {size} but {len(binary)} bytes follow the JSON header")
+        if "data" in tensor:
+            raise InputError(400, f"{where}: give either data or binary_data_size, not both")
+    elif len(binary):
+        raise InputError(400, f"{len(binary)} bytes after the JSON header but no input declares binary_data_size")
+    datatype = tensor.get("datatype")
+    if datatype == "UINT8":
+        images = _uint8(tensor, shape, binary if size is not None else None, image_shape, limits, where)
+    elif datatype == "BYTES":
+        images = _encoded(tensor, shape, binary if size is not None else None, image_shape, limits, where)
+    else:
+        raise InputError(
+            400, f"{where}: datatype must be UINT8 (raw NHWC pixels) or BYTES (PNG/JPEG files), got {datatype!r}"
+        )
+    outputs, binary_outputs = _requested_outputs(doc)
+    request_id = doc.get("id")
+    return InferRequest(images, str(request_id) if request_id is not None else None, outputs, binary_outputs)
 
 
-def images_from_raw(
-    body: bytes,
-    shape_header: str | None,
-    n_query: str | None,
-    dtype_header: str | None,
-    image_shape: tuple[int, int, int],
+def _uint8(
+    tensor: dict,
+    shape: tuple[int, ...],
+    binary: memoryview | None,
+    image_shape: tuple,
     limits: Limits,
+    where: str,
 ) -> np.ndarray:
-    """Raw uint8 NHWC bytes; a zero-copy view over the body."""
-    if dtype_header is not None and dtype_header.strip().lower() != "uint8":
-        raise InputError(422, f"X-Dtype must be uint8 (raw 0..255 pixels), got {dtype_header!r}")
-    per_image = int(np.prod(image_shape))
-    if not body:
-        raise InputError(400, f"empty body: send N*{per_image} bytes of uint8 NHWC pixels")
-    n = _declared_batch(shape_header, n_query, image_shape)
-    if n is None:
-        if len(body) % per_image:
-            raise InputError(
-                422, f"body of {len(body)} bytes is not a whole number of {per_image}-byte images "
-                f"({'x'.join(map(str, image_shape))} uint8); declare the shape with X-Shape"
-            )
-        n = len(body) // per_image
-    _batch_size(n, limits, "raw body")
-    if len(body) != n * per_image:
-        raise InputError(
-            422, f"body has {len(body)} bytes but shape {n},{','.join(map(str, image_shape))} uint8 "
-            f"needs {n * per_image}"
-        )
-    return np.frombuffer(body, dtype=np.uint8).reshape(n, *image_shape)
-
-
-def images_from_json(body: bytes, image_shape: tuple[int, int, int], limits: Limits) -> np.ndarray:
-    """`{"instances": [N][H][W][C] ints}` (or one [H][W][C] image) or `{"b64": ..., "shape": [N,H,W,C]}`."""
+    expected = ",".join(map(str, image_shape))
+    if len(shape) != 4 or shape[1:] != image_shape:
+        raise InputError(400, f"{where}: UINT8 shape must be [N,{expected}] (NHWC), got {list(shape)}")
+    n = _batch(shape[0], limits, where)
+    need = n * int(np.prod(image_shape))
+    if binary is not None:
+        if len(binary) != need:
+            raise InputError(400, f"{where}: shape {list(shape)} needs {need} bytes, binary data has {len(binary)}")
+        return np.frombuffer(binary, dtype=np.uint8).reshape(shape)
+    data = tensor.get("data")
+    if not isinstance(data, list):
+        raise InputError(400, f"{where}: data must be a list of integers 0..255 (flat or nested)")
     try:
-        doc = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(400, f"body is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict) or ("instances" in doc) == ("b64" in doc):
-        raise InputError(422, 'JSON body must be an object with exactly one of "instances" or "b64"')
-    if "b64" in doc:
-        return _from_b64(doc, image_shape, limits)
-    try:
-        array = np.asarray(doc["instances"])
+        array = np.asarray(data)
     except (ValueError, OverflowError) as exc:
-        raise InputError(422, f"instances is not a rectangular array: {exc}") from None
-    if array.ndim == 3:
-        array = array[None]
-    if array.ndim != 4 or array.shape[1:] != image_shape:
-        raise InputError(
-            422, f"instances must have shape [N,{','.join(map(str, image_shape))}] (NHWC), "
-            f"got {list(array.shape)}"
-        )
-    _batch_size(array.shape[0], limits, "instances")
+        raise InputError(400, f"{where}: data is not a rectangular array of integers: {exc}") from None
+    if array.size != need:
+        raise InputError(400, f"{where}: shape {list(shape)} needs {need} values, data has {array.size}")
     if array.dtype.kind not in "iu":
-        raise InputError(422, f"instances must be integers 0..255, got {array.dtype} values")
+        raise InputError(400, f"{where}: data must be integers 0..255, got {array.dtype} values")
     if array.min() < 0 or array.max() > 255:
-        raise InputError(422, f"instances must be in 0..255, got range {array.min()}..{array.max()}")
-    return np.ascontiguousarray(array, dtype=np.uint8)
+        raise InputError(400, f"{where}: data must be in 0..255, got range {array.min()}..{array.max()}")
+    return array.astype(np.uint8).reshape(shape)
 
 
-def _from_b64(doc: dict, image_shape: tuple[int, int, int], limits: Limits) -> np.ndarray:
-    if not isinstance(doc["b64"], str):
-        raise InputError(422, "b64 must be a base64 string of raw uint8 NHWC bytes")
+def _elements(binary: memoryview, n: int, limits: Limits, where: str) -> list[memoryview]:
+    """BYTES binary layout: per element a uint32 little-endian length, then that many bytes."""
+    out, pos = [], 0
+    while pos < len(binary):
+        if pos + 4 > len(binary):
+            raise InputError(400, f"{where}: BYTES element {len(out)} is cut short (no 4-byte length)")
+        (length,) = struct.unpack_from("<I", binary, pos)
+        if length > limits.max_encoded_image_bytes:
+            raise InputError(
+                413,
+                f"{where}: element {len(out)} has {length} bytes, over the limit of "
+                f"{limits.max_encoded_image_bytes} per encoded image",
+            )
+        if pos + 4 + length > len(binary):
+            raise InputError(400, f"{where}: BYTES element {len(out)} declares {length} bytes, fewer follow")
+        out.append(binary[pos + 4 : pos + 4 + length])
+        pos += 4 + length
+        if len(out) > n:
+            break
+    if len(out) != n:
+        raise InputError(400, f"{where}: shape says {n} BYTES elements, the binary data holds {len(out)}")
+    return out
+
+
+def _encoded(
+    tensor: dict,
+    shape: tuple[int, ...],
+    binary: memoryview | None,
+    image_shape: tuple,
+    limits: Limits,
+    where: str,
+) -> np.ndarray:
+    if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
+        raise InputError(400, f"{where}: BYTES shape must be [N] (one encoded image each), got {list(shape)}")
+    n = _batch(shape[0], limits, where)
+    if binary is not None:
+        files = _elements(binary, n, limits, where)
+    else:
+        data = tensor.get("data")
+        if not isinstance(data, list) or len(data) != n or not all(isinstance(d, str) for d in data):
+            raise InputError(400, f"{where}: JSON BYTES data must be {n} base64 strings of PNG/JPEG files")
+        files = []
+        for i, text in enumerate(data):
+            if len(text) > limits.max_encoded_image_bytes * 4 // 3 + 4:
+                raise InputError(413, f"{where}: element {i} is over {limits.max_encoded_image_bytes} bytes")
+            try:
+                files.append(memoryview(base64.b64decode(text, validate=True)))
+            except (binascii.Error, ValueError) as exc:
+                raise InputError(400, f"{where}: element {i} is not valid base64: {exc}") from None
+    return np.stack([decode_image(f, image_shape, f"{where} element {i}") for i, f in enumerate(files)])
+
+
+def decode_image(data: memoryview, image_shape: tuple[int, int, int], where: str) -> np.ndarray:
+    """PNG or JPEG, its declared size checked against the model's before a single pixel is decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    height, width, channels = image_shape
     try:
-        raw = base64.b64decode(doc["b64"], validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InputError(400, f"b64 is not valid base64: {exc}") from None
-    shape = doc.get("shape")
-    if shape is not None and not (isinstance(shape, list) and all(isinstance(d, int) for d in shape)):
-        raise InputError(422, f"shape must be a list of integers like [N,32,32,3], got {shape!r}")
-    header = ",".join(map(str, shape)) if shape is not None else None
-    return images_from_raw(raw, header, None, None, image_shape, limits)
+        with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as img:
+            if img.size != (width, height):
+                raise InputError(
+                    422,
+                    f"{where}: {img.format} declares {img.size[0]}x{img.size[1]} pixels, the model "
+                    f"takes {width}x{height}",
+                )
+            if img.mode not in _MODES:
+                raise InputError(422, f"{where}: {img.format} mode {img.mode} is not supported (8-bit only)")
+            img = img.convert("RGB" if channels == 3 else "L")
+            pixels = np.asarray(img, dtype=np.uint8)
+    except Image.DecompressionBombError as exc:  # PIL's own check of the declared size, before decoding
+        raise InputError(422, f"{where}: the model takes {width}x{height}; {exc}") from None
+    except UnidentifiedImageError:
+        raise InputError(415, f"{where}: not a PNG or JPEG file") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(422, f"{where}: cannot decode the image: {exc}") from None
+    return pixels.reshape(image_shape)
+
+
+def _requested_outputs(doc: dict) -> tuple[tuple[str, ...] | None, frozenset[str]]:
+    params = doc.get("parameters") or {}
+    binary_all = isinstance(params, dict) and params.get("binary_data_output") is True
+    outputs = doc.get("outputs")
+    if outputs is None:
+        return None, frozenset({"*"} if binary_all else ())
+    if not isinstance(outputs, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
+    ):
+        raise InputError(400, "outputs must be a list of objects with a name")
+    names = tuple(o["name"] for o in outputs)
+    if not all(isinstance(o.get("parameters", {}), dict) for o in outputs):
+        raise InputError(400, "outputs[].parameters must be an object")
+    binary = {o["name"] for o in outputs if binary_all or o.get("parameters", {}).get("binary_data") is True}
+    return names, frozenset(binary)

@@ -1,16 +1,16 @@
-"""Prometheus counters and histograms in the text exposition format (no client library in the image)."""
+"""Prometheus metrics (prometheus_client) and the ASGI middleware that counts every request by route."""
 
 from __future__ import annotations
 
-import bisect
 import time
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-LATENCY_BUCKETS: tuple[float, ...] = (
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-)
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, disable_created_metrics
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -18,97 +18,84 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-
-class Histogram:
-    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
-        self.buckets = buckets
-        self.counts = [0] * (len(buckets) + 1)
-        self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.total += value
-
-    def lines(self, name: str, labels: str) -> Iterable[str]:
-        sep = "," if labels else ""
-        running = 0
-        for bound, count in zip((*map(repr, self.buckets), "+Inf"), self.counts, strict=True):
-            running += count
-            yield f'{name}_bucket{{{labels}{sep}le="{bound}"}} {running}'
-        yield f"{name}_sum{{{labels}}} {self.total}"
-        yield f"{name}_count{{{labels}}} {running}"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+disable_created_metrics()  # no *_created series: half the exposition, and nothing here reads them
 
 
 class Metrics:
-    """Request counts by path/method/status, errors, request and inference latency, images predicted."""
+    """One registry per app (tests start several apps in one process)."""
 
     def __init__(self, model_labels: dict[str, str]) -> None:
-        self.model_labels = model_labels
-        self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
-        self.request_seconds: dict[str, Histogram] = defaultdict(Histogram)
-        self.inference_seconds = Histogram()
-        self.images = 0
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        Info("mlsd_model", "The model this server answers with.", registry=r).info(model_labels)
+        self.requests = Counter(
+            "mlsd_requests",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "mlsd_request_duration_seconds",
+            "Request start to response end, in the server.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.disconnects = Counter(
+            "mlsd_client_disconnects",
+            "Requests whose client went away before the answer (not errors).",
+            ["route"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "mlsd_rejected_requests",
+            "Requests refused to protect the server (in-flight bytes, slow body).",
+            ["reason"],
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "mlsd_inference_duration_seconds",
+            "ONNX Runtime time per call (one call per batch).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_seconds = Histogram(
+            "mlsd_queue_duration_seconds",
+            "Time a request (or chunk of one) waited for the inference worker.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "mlsd_batch_size", "Images per ONNX Runtime call.", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.images = Counter("mlsd_inferred_images", "Images classified.", registry=r)
 
-    def observe_request(self, path: str, method: str, status: int, seconds: float) -> None:
-        self.requests[(path, method, status)] += 1
-        self.request_seconds[path].observe(seconds)
-
-    def observe_inference(self, images: int, seconds: float) -> None:
-        self.images += images
+    def observe_batch(self, images: int, seconds: float, queued: list[float]) -> None:
+        """Called from the inference thread: prometheus_client metrics are thread-safe."""
+        self.images.inc(images)
+        self.batch_size.observe(images)
         self.inference_seconds.observe(seconds)
+        for q in queued:
+            self.queue_seconds.observe(q)
 
-    def render(self) -> str:
-        model = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(self.model_labels.items()))
-        out = [
-            "# HELP mlsd_model_info The model this server answers with.",
-            "# TYPE mlsd_model_info gauge",
-            f"mlsd_model_info{{{model}}} 1",
-            "# HELP mlsd_http_requests_total HTTP requests by path, method and status.",
-            "# TYPE mlsd_http_requests_total counter",
-        ]
-        for (path, method, status), n in sorted(self.requests.items()):
-            out.append(f'mlsd_http_requests_total{{path="{path}",method="{method}",status="{status}"}} {n}')
-        out += [
-            "# HELP mlsd_http_request_errors_total HTTP requests answered with a 4xx or 5xx status.",
-            "# TYPE mlsd_http_request_errors_total counter",
-        ]
-        errors: dict[tuple[str, str], int] = defaultdict(int)
-        for (path, _, status), n in self.requests.items():
-            if status >= 400:
-                errors[(path, f"{status // 100}xx")] += n
-        for (path, kind), n in sorted(errors.items()):
-            out.append(f'mlsd_http_request_errors_total{{path="{path}",class="{kind}"}} {n}')
-        out += [
-            "# HELP mlsd_http_request_duration_seconds Request start to response end, in the server.",
-            "# TYPE mlsd_http_request_duration_seconds histogram",
-        ]
-        for path, hist in sorted(self.request_seconds.items()):
-            out.extend(hist.lines("mlsd_http_request_duration_seconds", f'path="{path}"'))
-        out += [
-            "# HELP mlsd_inference_duration_seconds ONNX Runtime time per predict call.",
-            "# TYPE mlsd_inference_duration_seconds histogram",
-            *self.inference_seconds.lines("mlsd_inference_duration_seconds", ""),
-            "# HELP mlsd_predicted_images_total Images classified.",
-            "# TYPE mlsd_predicted_images_total counter",
-            f"mlsd_predicted_images_total {self.images}",
-        ]
-        return "\n".join(out) + "\n"
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
+# The handlers answer a client that went away mid-request with this status (nginx's "client closed request"):
+# it never reaches the client, and it is counted in mlsd_client_disconnects_total, not as a request or an error.
+CLIENT_GONE = 499
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class MetricsMiddleware:
-    """Counts every HTTP request, including 404/405 and crashes, under a bounded set of path labels."""
+    """Counts every HTTP request, 404/405 and crashes included, under the route template (bounded labels)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, known_paths: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, templates: dict[Callable, str]) -> None:
         self.app = app
         self.metrics = metrics
-        self.known_paths = known_paths
+        self.templates = templates
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -126,6 +113,10 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            path = scope["path"] if scope["path"] in self.known_paths else "other"
-            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            self.metrics.observe_request(path, method, status, time.perf_counter() - start)
+            route = self.templates.get(scope.get("endpoint"), "other")
+            if status == CLIENT_GONE:
+                self.metrics.disconnects.labels(route).inc()
+            else:
+                method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+                self.metrics.requests.labels(route, method, str(status)).inc()
+                self.metrics.request_seconds.labels(route).observe(time.perf_counter() - start)

@@ -35,6 +35,11 @@ class ModelContract:
     def version(self) -> str:
         return self.metadata.get("mlsd.registered_model_version", "")
 
+    @property
+    def name(self) -> str:
+        """The registered model name: the `{name}` of the v2 routes (every exported version carries it)."""
+        return self.metadata.get("mlsd.registered_model_name") or "model"
+
     @classmethod
     def from_session(cls, path: Path, session: ort.InferenceSession) -> ModelContract:
         meta = dict(session.get_modelmeta().custom_metadata_map)
@@ -62,7 +67,7 @@ class ModelContract:
         return cls(meta["mlsd.input_name"], meta["mlsd.output_name"], classes, tuple(dims), meta)
 
     def describe(self) -> dict[str, Any]:
-        """The public contract for /metadata: what a client must send and what the numbers mean."""
+        """The mlsd contract beside the v2 model metadata: what a client sends and what the numbers mean."""
         m = self.metadata
         return {
             "model_name": m.get("mlsd.registered_model_name", ""),
@@ -95,21 +100,20 @@ def _json_or_raw(value: str | None) -> Any:
 
 
 class Predictor:
-    """One ORT session tuned for a small CPU server: sequential graph, no busy-spinning threads by default."""
+    """One ORT session: sequential graph, intra-op threads over all cores (0), no busy-spinning by default.
+    Called from one worker thread only (see batching.py), so calls never compete for the same cores."""
 
-    def __init__(self, model_path: Path, intra_op_threads: int = 1, spinning: bool = False) -> None:
+    def __init__(self, model_path: Path, intra_op_threads: int = 0, spinning: bool = False) -> None:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        self.session = ort.InferenceSession(
-            str(model_path), sess_options=opts, providers=["CPUExecutionProvider"]
-        )
+        self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
         self.contract = ModelContract.from_session(model_path, self.session)
         self._outputs = [self.contract.output_name]
-        # Warm up before /health says ok, so the first client does not pay for lazy initialisation.
+        # Warm up before /v2/health/ready says ok, so the first client does not pay for lazy initialisation.
         self.logits(np.zeros((1, *self.contract.image_shape), dtype=np.uint8))
 
     def logits(self, images: np.ndarray) -> np.ndarray:
