@@ -124,7 +124,9 @@ def create_app(
     model_json = json.dumps(model_body).encode()
 
     def error(status: int, reason: str) -> Response:
-        headers = {"retry-after": "1"} if status == 503 else None
+        headers = {"retry-after": "1"} if status == 503 else {}
+        if status in (408, 413, 503):  # the body may be unread: close, rather than wait for the rest of it
+            headers["connection"] = "close"
         return JSONResponse({"error": reason}, status_code=status, headers=headers)
 
     def check_model(request: Request) -> Response | None:
