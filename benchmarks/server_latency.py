@@ -1,12 +1,13 @@
-"""Inference server latency and throughput against the running container, beside a bare ORT session.
+"""Inference server latency and throughput (Open Inference Protocol v2), side by side with bare ONNX Runtime.
 
     .venv/bin/python benchmarks/server_latency.py --untrained airbench        # random weights, same compute
     .venv/bin/python benchmarks/server_latency.py --model .mlsd/data/artifacts/cifar10_onnx/latest.onnx
 
-Prints: p50/p99 latency of 1-image requests (one keep-alive connection), requests/s with 8 concurrent
-connections, batched images/s, and the same model in a bare ONNX Runtime session in this process.
-Targets on 2 cores: p50 <= 1.0 ms, p99 <= 2 ms, >= 1,500 req/s, batched >= 3,000 images/s.
-The client is a small asyncio raw-HTTP/1.1 client (uvloop when installed), so it costs little CPU.
+One run prints, for the same graph and the same ORT intra-op threads: bare ORT in this process (the limit: 1-image
+p50/p99, batched images/s), then the server in its container (host network): 1-image p50/p99 on one keep-alive
+connection and the overhead over bare ORT, requests/s at 16 connections with dynamic batching on and off, batched
+images/s. Goals on 2 cores: overhead <= 0.15 ms, p50 <= 1 ms, >= 1,500 req/s, >= 3,000 images/s batched.
+The client is a small asyncio raw-HTTP/1.1 client (uvloop when installed) sending binary v2 tensors.
 """
 
 from __future__ import annotations
@@ -14,10 +15,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import logging
+import os
+import platform
 import re
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +37,13 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 log = logging.getLogger("server_latency")
 
 
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores visible"
+    return platform.processor() or "unknown CPU"
+
+
 def test_images(path: Path, count: int) -> np.ndarray:
     from PIL import Image
 
@@ -41,33 +54,48 @@ def test_images(path: Path, count: int) -> np.ndarray:
     return np.stack([np.asarray(Image.open(io.BytesIO(files[n])).convert("RGB")) for n in names])
 
 
-def untrained_model(architecture: str) -> bytes:
-    """The default network with random weights: the same graph, hence the same compute, as a trained one."""
-    import json
-
+def untrained_model(architecture: str, flip_tta: bool | None = None) -> bytes:
+    """The default recipe's network (widths, flip-TTA) with random weights: the same graph, hence the same
+    compute, as a trained one."""
     from mlsd_assets.ml.batches import CIFAR10_CLASSES
     from mlsd_assets.ml.export import INPUT_NAME, OPSET, OUTPUT_NAME, export_onnx
     from mlsd_assets.ml.models import InferenceModel, build_model
+    from mlsd_assets.ml.train import default_config
 
-    model = InferenceModel(build_model(architecture), (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)).eval()
+    config = default_config(architecture)
+    tta = config.flip_tta if flip_tta is None else flip_tta
+    net = build_model(architecture, config.widths if architecture == "airbench" else None)
+    model = InferenceModel(net, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26), flip_tta=tta).eval()
     meta = {
-        "classes": json.dumps(list(CIFAR10_CLASSES)), "input_name": INPUT_NAME, "output_name": OUTPUT_NAME,
-        "input_layout": "NHWC", "input_dtype": "uint8", "mean": "[0.49, 0.48, 0.45]", "std": "[0.25, 0.24, 0.26]",
-        "architecture": architecture, "mlflow_run_id": "benchmark", "registered_model_name": "benchmark",
-        "registered_model_version": "0", "dataset_hash": "none", "opset": str(OPSET),
+        "classes": json.dumps(list(CIFAR10_CLASSES)),
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "input_layout": "NHWC",
+        "input_dtype": "uint8",
+        "mean": "[0.49, 0.48, 0.45]",
+        "std": "[0.25, 0.24, 0.26]",
+        "architecture": architecture,
+        "mlflow_run_id": "benchmark",
+        "registered_model_name": "benchmark",
+        "registered_model_version": "0",
+        "dataset_hash": "none",
+        "opset": str(OPSET),
     }
     return export_onnx(model, {f"mlsd.{k}": v for k, v in meta.items()}, log)
 
 
-def percentiles_ms(seconds: list[float]) -> str:
+def percentiles_ms(seconds: list[float]) -> tuple[float, float]:
     p50, p99 = np.percentile(np.asarray(seconds) * 1000, [50, 99])
-    return f"p50 {p50:.3f} ms  p99 {p99:.3f} ms"
+    return float(p50), float(p99)
 
 
-def bare_ort(model_path: Path, images: np.ndarray, threads: int, batch: int) -> None:
+def bare_ort(model_path: Path, images: np.ndarray, threads: int, batch: int) -> float:
+    """The limit: the server's own Predictor (same session options), called directly. Returns p50 in ms."""
     from mlsd_assets.serving.server.model import Predictor
 
     predictor = Predictor(model_path, intra_op_threads=threads)
+    for i in range(min(200, len(images))):
+        predictor.logits(images[i : i + 1])
     seconds = []
     for i in range(len(images)):
         t0 = time.perf_counter()
@@ -77,59 +105,126 @@ def bare_ort(model_path: Path, images: np.ndarray, threads: int, batch: int) -> 
     for lo in range(0, len(images), batch):
         predictor.logits(images[lo : lo + batch])
     rate = len(images) / (time.perf_counter() - start)
-    print(f"bare ORT session ({threads} intra-op thread(s)): 1 image {percentiles_ms(seconds)}; "
-          f"batch {batch}: {rate:,.0f} images/s")
+    p50, p99 = percentiles_ms(seconds)
+    print(f"  bare ORT: 1 image p50 {p50:.3f} ms  p99 {p99:.3f} ms; batch {batch}: {rate:,.0f} images/s")
+    return p50
 
 
-def request_bytes(images: np.ndarray) -> bytes:
-    body = np.ascontiguousarray(images).tobytes()
-    head = (f"POST /v1/predict HTTP/1.1\r\nHost: bench\r\nContent-Type: application/octet-stream\r\n"
-            f"X-Shape: {','.join(map(str, images.shape))}\r\nContent-Length: {len(body)}\r\n\r\n")
-    return head.encode() + body
+def infer_request(model_name: str, images: np.ndarray, path: str | None = None) -> bytes:
+    """A complete HTTP/1.1 v2 infer request: JSON header + binary uint8 pixels, logits back as binary."""
+    pixels = np.ascontiguousarray(images).tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "images",
+                    "shape": list(images.shape),
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": len(pixels)},
+                }
+            ],
+            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+        },
+        separators=(",", ":"),
+    ).encode()
+    head = (
+        f"POST {path or f'/v2/models/{model_name}/infer'} HTTP/1.1\r\nHost: bench\r\n"
+        f"Inference-Header-Content-Length: {len(header)}\r\nContent-Length: {len(header) + len(pixels)}\r\n\r\n"
+    )
+    return head.encode() + header + pixels
 
 
 _LENGTH = re.compile(rb"content-length:\s*(\d+)", re.I)
 
 
-async def roundtrip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> None:
+async def roundtrip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> bytes:
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
     body = await reader.readexactly(int(_LENGTH.search(head).group(1)))
     if head[9:12] != b"200":
         raise RuntimeError(f"server answered {head[:12]!r}: {body[:200]!r}")
+    return body
 
 
-async def http_figures(port: int, images: np.ndarray, batch: int, connections: int, duration: float) -> None:
-    singles = [request_bytes(images[i : i + 1]) for i in range(len(images))]
+async def single_latency(port: int, requests: list[bytes]) -> list[float]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    for req in singles[:200]:  # warm-up
+    for req in requests[:200]:  # warm-up
         await roundtrip(reader, writer, req)
     seconds = []
-    for req in singles:
+    for req in requests:
         t0 = time.perf_counter()
         await roundtrip(reader, writer, req)
         seconds.append(time.perf_counter() - t0)
-    batches = [request_bytes(images[lo : lo + batch]) for lo in range(0, len(images), batch)]
-    start = time.perf_counter()
-    for req in batches:
-        await roundtrip(reader, writer, req)
-    rate = len(images) / (time.perf_counter() - start)
     writer.close()
+    return seconds
 
+
+async def concurrent_rate(port: int, requests: list[bytes], connections: int, duration: float) -> float:
     async def worker(k: int, deadline: float) -> int:
         r, w = await asyncio.open_connection("127.0.0.1", port)
         done = 0
         while time.perf_counter() < deadline:
-            await roundtrip(r, w, singles[(k * 997 + done) % len(singles)])
+            await roundtrip(r, w, requests[(k * 997 + done) % len(requests)])
             done += 1
         w.close()
         return done
 
-    deadline = time.perf_counter() + duration
-    counts = await asyncio.gather(*(worker(k, deadline) for k in range(connections)))
-    print(f"  1 image per request, 1 connection: {percentiles_ms(seconds)} ({len(seconds)} requests)")
-    print(f"  {connections} concurrent connections: {sum(counts) / duration:,.0f} requests/s")
-    print(f"  batch {batch} per request: {rate:,.0f} images/s")
+    start = time.perf_counter()
+    counts = await asyncio.gather(*(worker(k, start + duration) for k in range(connections)))
+    return sum(counts) / (time.perf_counter() - start)
+
+
+async def batched_rate(port: int, requests: list[bytes], images: int) -> float:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await roundtrip(reader, writer, requests[0])
+    start = time.perf_counter()
+    for req in requests:
+        await roundtrip(reader, writer, req)
+    writer.close()
+    return images / (time.perf_counter() - start)
+
+
+@contextmanager
+def server_container(
+    image_id: str, threads: int, batching: bool, extra: dict[str, str] | None = None
+) -> Iterator[tuple[int, object]]:
+    """The image on the host network (no proxy between client and server), removed afterwards."""
+    from mlsd_assets.serving.resources import DockerEngine
+    from mlsd_assets.serving.runtime import free_port, wait_healthy
+
+    port = free_port()
+    env = {
+        "MLSD_HOST": "127.0.0.1",
+        "MLSD_PORT": str(port),
+        "MLSD_INTRA_OP_THREADS": str(threads),
+        "MLSD_BATCHING": "on" if batching else "off",
+    } | (extra or {})
+    container = (
+        DockerEngine()
+        .client()
+        .containers.run(
+            image_id,
+            detach=True,
+            network_mode="host",
+            name=f"mlsd-bench-{port}",
+            environment=env,
+        )
+    )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", 120, lambda: None)
+        yield port, container
+    finally:
+        container.remove(force=True)
+
+
+def build_server_image(model_path: Path, work: Path, base_image: str, tag: str) -> tuple[str, int]:
+    from mlsd_assets.serving.image import build_image, ensure_wheelhouse, host_pins, write_build_context
+    from mlsd_assets.serving.resources import DockerEngine
+
+    wheelhouse = ensure_wheelhouse(work / "wheelhouses", host_pins(), log)
+    context = write_build_context(work / "context", model_path.read_bytes(), wheelhouse)
+    built = build_image(DockerEngine().client(), context, tag, base_image, {}, logging.getLogger("quiet"))
+    return built.image_id, built.size_bytes
 
 
 def main() -> None:
@@ -137,14 +232,15 @@ def main() -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", type=Path, help="ONNX file with the mlsd.* contract")
     source.add_argument("--untrained", metavar="ARCH", help="export ARCH (e.g. airbench) with random weights")
+    parser.add_argument("--no-tta", action="store_true", help="with --untrained: the graph without flip-TTA")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--images", type=int, default=2000, help="test images to send")
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--connections", type=int, default=8)
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds of the concurrent phase")
-    parser.add_argument("--threads", type=int, default=1, help="ORT intra-op threads (server and bare)")
-    parser.add_argument("--runtime", choices=("container", "local_process"), default="container")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds of each concurrent phase")
+    parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads, server and bare (0: all)")
     parser.add_argument("--base-image", default="mlsd/python-base:bookworm")
+    parser.add_argument("--tag", default="mlsd/cifar10-server:bench")
     parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "out" / "server_latency")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -158,41 +254,40 @@ def main() -> None:
     images = test_images(args.data, args.images)
     args.work.mkdir(parents=True, exist_ok=True)
     model_path = args.work / "model.onnx"
-    model_path.write_bytes(args.model.read_bytes() if args.model else untrained_model(args.untrained))
-    print(f"{len(images)} real CIFAR-10 test images; model {args.model or args.untrained + ' (untrained)'}")
-    bare_ort(model_path, images, args.threads, args.batch)
-    if args.runtime == "container":
-        run_container(args, model_path, images)
-    else:
-        from mlsd_assets.serving.runtime import running_local_process
-
-        with running_local_process(model_path, args.work / "server.log", log) as server:
-            print(f"local server process ({server.name}):")
-            asyncio.run(http_figures(int(server.base_url.rsplit(":", 1)[1]), images, args.batch,
-                                     args.connections, args.duration))
-
-
-def run_container(args: argparse.Namespace, model_path: Path, images: np.ndarray) -> None:
-    from mlsd_assets.serving.image import build_image, ensure_wheelhouse, host_pins, write_build_context
-    from mlsd_assets.serving.resources import DockerEngine
-    from mlsd_assets.serving.runtime import free_port, wait_healthy
-
-    client = DockerEngine().client()
-    wheelhouse = ensure_wheelhouse(args.work / "wheelhouses", host_pins(), log)
-    context = write_build_context(args.work / "context", model_path.read_bytes(), wheelhouse)
-    built = build_image(client, context, "mlsd/cifar10-server:bench", args.base_image, {}, logging.getLogger("quiet"))
-    port = free_port()
-    container = client.containers.run(
-        built.image_id, detach=True, network_mode="host", name=f"mlsd-bench-{port}",
-        environment={"MLSD_HOST": "127.0.0.1", "MLSD_PORT": str(port), "MLSD_INTRA_OP_THREADS": str(args.threads)},
+    model_path.write_bytes(
+        args.model.read_bytes() if args.model else untrained_model(args.untrained, False if args.no_tta else None)
     )
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}", 120, lambda: None)
-        print(f"container from mlsd/cifar10-server:bench ({built.size_bytes / 1e6:.0f} MB, "
-              f"{args.threads} intra-op thread(s)):")
-        asyncio.run(http_figures(port, images, args.batch, args.connections, args.duration))
-    finally:
-        container.remove(force=True)
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(model_path), load_external_data=False).metadata_props}
+    name = meta.get("mlsd.registered_model_name") or "model"
+    variant = meta.get("mlsd.served_variant", "fp32 (no variant recorded in the metadata)")
+    print(f"CPU: {cpu_name()}")
+    print(
+        f"{len(images)} real CIFAR-10 test images; model {args.model or args.untrained + ' (untrained)'}"
+        f"{' without flip-TTA' if args.no_tta else ''}; "
+        f"graph: {variant}; ORT intra-op threads: {args.threads or 'all cores'}"
+    )
+    bare_p50 = bare_ort(model_path, images, args.threads, args.batch)
+    image_id, size = build_server_image(model_path, args.work, args.base_image, args.tag)
+    singles = [infer_request(name, images[i : i + 1]) for i in range(len(images))]
+    batches = [infer_request(name, images[lo : lo + args.batch]) for lo in range(0, len(images), args.batch)]
+    print(f"  server container ({size / 1e6:.0f} MB image, host network):")
+    for batching in (True, False):
+        with server_container(image_id, args.threads, batching) as (port, _):
+            if batching:
+                p50, p99 = percentiles_ms(asyncio.run(single_latency(port, singles)))
+                print(
+                    f"    1 image, 1 connection: p50 {p50:.3f} ms  p99 {p99:.3f} ms "
+                    f"(overhead over bare ORT p50: {p50 - bare_p50:+.3f} ms)"
+                )
+                rate = asyncio.run(batched_rate(port, batches, len(images)))
+                print(f"    batch {args.batch} per request: {rate:,.0f} images/s")
+            rps = asyncio.run(concurrent_rate(port, singles, args.connections, args.duration))
+            print(
+                f"    1 image per request, {args.connections} connections, batching "
+                f"{'on ' if batching else 'off'}: {rps:,.0f} requests/s"
+            )
 
 
 if __name__ == "__main__":
