@@ -38,10 +38,16 @@ log = logging.getLogger("server_latency")
 
 
 def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores visible"
-    return platform.processor() or "unknown CPU"
+    """Model name, ISA level and visible cores (the model name alone is just "AMD EPYC" on some VMs)."""
+    info = Path("/proc/cpuinfo").read_text()
+    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
+    isa = [name for flag, name in (("avx512_bf16", "AVX-512 BF16"), ("amx_tile", "AMX")) if flag in flags]
+    if not isa and "avx512f" in flags:
+        isa = ["AVX-512"]
+    elif not isa and "avx2" in flags:
+        isa = ["AVX2"]
+    return f"{model or platform.processor() or 'unknown CPU'} ({', '.join(isa) or 'no AVX2'}), {os.cpu_count()} cores"
 
 
 def test_images(path: Path, count: int) -> np.ndarray:
@@ -261,7 +267,7 @@ def main() -> None:
 
     meta = {p.key: p.value for p in onnx.load(str(model_path), load_external_data=False).metadata_props}
     name = meta.get("mlsd.registered_model_name") or "model"
-    variant = meta.get("mlsd.served_variant", "fp32 (no variant recorded in the metadata)")
+    variant = meta.get("mlsd.serving.variant", "fp32 (no served variant recorded in the metadata)")
     print(f"CPU: {cpu_name()}")
     print(
         f"{len(images)} real CIFAR-10 test images; model {args.model or args.untrained + ' (untrained)'}"

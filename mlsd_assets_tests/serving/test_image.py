@@ -29,7 +29,7 @@ from mlsd_assets.serving.runtime import ServerStartError, free_port, running_con
 from mlsd_assets.training.assets import cifar10_model, cifar10_onnx
 from mlsd_assets.training.checks import check_cifar10_onnx_parity
 from mlsd_assets.training.resources import MLflowTracking
-from mlsd_assets_tests.serving.test_server import BAD_REQUESTS, binary
+from mlsd_assets_tests.serving.test_server import BAD_REQUESTS, answer, binary
 from mlsd_assets_tests.synthetic import make_split
 from mlsd_assets_tests.training.tiny import TINY
 
@@ -116,7 +116,7 @@ def test_real_container_answers_bad_input_with_4xx(pipeline, docker_engine):
                 continue
             if i % 2:
                 r = http.post(infer, **binary(split_images[: 1 + i % 5]))
-                assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [1 + i % 5, 10]
+                assert answer(r).shape == (1 + i % 5, 10)
             else:
                 r = http.post(infer, **kwargs)
                 assert r.status_code == status and reason in r.json()["error"], (what, r.text)

@@ -364,3 +364,24 @@ def test_inference_error_is_a_500_with_the_reason(tiny_model: Path):
         r = c.post(INFER, **binary(one))
         assert r.status_code == 500 and "ORT exploded" in r.json()["error"]
         assert c.get("/v2/health/live").status_code == 200
+
+
+@pytest.mark.parametrize(("enabled", "expected_calls"), [(True, [1, 7]), (False, [1] * 8)])
+def test_batching_on_coalesces_and_off_runs_one_call_per_request(
+    tiny_model: Path, test_images, enabled, expected_calls
+):
+    images, _ = test_images
+    slow = SlowPredictor(Predictor(tiny_model), delay_s=0.1)
+    app = create_app(slow, LIMITS, BatchingConfig(enabled=enabled, max_batch_size=64))
+    expected = offline_logits(tiny_model, images[:8])
+
+    async def scenario() -> list[np.ndarray]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            first = asyncio.create_task(http.post(INFER, **binary(images[:1])))
+            await asyncio.sleep(0.03)  # the worker is busy with the first: the other 7 queue up meanwhile
+            rest = [http.post(INFER, **binary(images[i : i + 1])) for i in range(1, 8)]
+            return [answer(r) for r in await asyncio.gather(first, *rest)]
+
+    got = asyncio.run(scenario())
+    assert slow.calls == expected_calls
+    np.testing.assert_array_equal(np.concatenate(got), expected)
