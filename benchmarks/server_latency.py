@@ -140,7 +140,7 @@ def infer_request(model_name: str, images: np.ndarray, path: str | None = None) 
     return head.encode() + header + pixels
 
 
-_LENGTH = re.compile(rb"content-length:\s*(\d+)", re.I)
+_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.I)
 
 
 async def roundtrip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> bytes:
