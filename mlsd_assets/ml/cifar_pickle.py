@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from mlsd_assets.ml.batches import CIFAR10_CLASSES, InvalidBatchError
+from mlsd_assets.ml.limits import MAX_PICKLE_BYTES
 
 # md5 of each file of the official cifar-10-batches-py (the same values torchvision's CIFAR10 checks).
 OFFICIAL_MD5: dict[str, str] = {
@@ -44,6 +45,8 @@ class _BatchUnpickler(pickle.Unpickler):
 
 
 def _unpickle(payload: bytes, where: str) -> dict[str, Any]:
+    if len(payload) > MAX_PICKLE_BYTES:
+        raise InvalidBatchError(f"{where}: {len(payload)} bytes, more than the {MAX_PICKLE_BYTES} a batch may have")
     try:
         obj = _BatchUnpickler(io.BytesIO(payload), encoding="bytes").load()
     except Exception as exc:  # pickle signals truncation/corruption with many exception types
@@ -51,9 +54,7 @@ def _unpickle(payload: bytes, where: str) -> dict[str, Any]:
             f"{where}: not a readable CIFAR pickle batch (truncated or corrupt): {type(exc).__name__}: {exc}"
         ) from exc
     if not isinstance(obj, dict):
-        raise InvalidBatchError(
-            f"{where}: expected a pickled dict with 'data' and 'labels', got {type(obj).__name__}"
-        )
+        raise InvalidBatchError(f"{where}: expected a pickled dict with 'data' and 'labels', got {type(obj).__name__}")
     return {k.decode() if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
 
 
@@ -72,16 +73,33 @@ def parse_pickle_batch(payload: bytes, where: str) -> tuple[np.ndarray, np.ndarr
         raise InvalidBatchError(f"{where}: field 'data' has shape {data.shape}, expected (N, {ROW_BYTES})")
     if len(data) == 0:
         raise InvalidBatchError(f"{where}: batch is empty (0 images)")
-    try:
-        labels = np.asarray(obj["labels"], dtype=np.int64)
-    except (TypeError, ValueError) as exc:
-        raise InvalidBatchError(f"{where}: field 'labels' is not a list of integers: {exc}") from exc
-    if labels.shape != (len(data),):
-        raise InvalidBatchError(f"{where}: field 'labels' has shape {labels.shape}, expected ({len(data)},)")
-    bad = np.flatnonzero((labels < 0) | (labels >= len(CIFAR10_CLASSES)))
-    if bad.size:
-        raise InvalidBatchError(
-            f"{where}: field 'labels' out of range 0..9 at index {int(bad[0])} (value {int(labels[bad[0]])})"
-        )
+    labels = _labels(obj["labels"], len(data), where)
     images = np.ascontiguousarray(data.reshape(len(data), 3, 32, 32).transpose(0, 2, 3, 1))
     return images, labels
+
+
+def _labels(raw: object, count: int, where: str) -> np.ndarray:
+    """int64 labels in 0..9, checked element by element first: numpy would walk nested or shared lists
+    (a 46 KB pickle can make it burn minutes and all memory) and overflow on huge integers."""
+    classes = len(CIFAR10_CLASSES)
+    if isinstance(raw, np.ndarray):
+        if raw.ndim != 1 or raw.dtype.kind not in "iu":
+            raise InvalidBatchError(
+                f"{where}: field 'labels' must be a 1-D integer array, got {raw.dtype} of shape {raw.shape}"
+            )
+        values: list[Any] | np.ndarray = raw
+    elif isinstance(raw, (list, tuple)):
+        values = raw
+    else:
+        raise InvalidBatchError(f"{where}: field 'labels' must be a list of integers, got {type(raw).__name__}")
+    if len(values) != count:
+        raise InvalidBatchError(f"{where}: field 'labels' has shape ({len(values)},), expected ({count},)")
+    for i, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise InvalidBatchError(
+                f"{where}: field 'labels' is not a list of integers: index {i} is a {type(value).__name__}"
+            )
+        if not 0 <= value < classes:
+            shown = value if -(2**63) <= value < 2**63 else f"an integer of {int(value).bit_length()} bits"
+            raise InvalidBatchError(f"{where}: field 'labels' out of range 0..9 at index {i} (value {shown})")
+    return np.asarray(values, dtype=np.int64)
