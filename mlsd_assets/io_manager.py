@@ -8,6 +8,8 @@ from typing import Any, ClassVar, Protocol, Self
 
 import dagster as dg
 
+from mlsd_assets.ml.atomic import clean_stale_temps
+
 
 class Artifact(Protocol):
     """What the IO manager can store: a value that writes itself to one file (atomically) and reads it back."""
@@ -46,10 +48,9 @@ class ArtifactIOManager(dg.ConfigurableIOManager):
             return
         partition = context.partition_key if context.has_asset_partitions else None
         path = self.path_for(context.asset_key, partition, type(obj).suffix)
+        clean_stale_temps(path.parent, context.log)  # what killed writes left here (never a live one)
         obj.save(path)
-        context.add_output_metadata(
-            {"path": dg.MetadataValue.path(str(path)), "file_bytes": path.stat().st_size}
-        )
+        context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "file_bytes": path.stat().st_size})
 
     def load_input(self, context: dg.InputContext) -> Any:
         cls = _artifact_type(context)

@@ -1,6 +1,8 @@
 """Sensors: drops become raw partitions, new partitions a split and a model, failed runs alerts."""
 
 import json
+import os
+import time
 
 import dagster as dg
 
@@ -19,37 +21,63 @@ from mlsd_assets.data.partitions import OFFICIAL_BATCHES, raw_batches
 from mlsd_assets.resources import DataPaths
 
 
-def _intake(context: dg.SensorEvaluationContext, paths: DataPaths, done: set[str]) -> tuple[list[str], list[str]]:
-    """Validate and move every complete drop; returns (accepted partition keys, quarantine reports)."""
-    from mlsd_assets.ml.batches import InvalidBatchError
-    from mlsd_assets.ml.sources import read_drop
+def _intake(
+    context: dg.SensorEvaluationContext, paths: DataPaths, done: set[str], limits: drops.IntakeLimits
+) -> tuple[list[str], list[str]]:
+    """Vet and move every complete drop; returns (accepted partition keys, quarantine reports).
 
+    Each drop is handled on its own: whatever goes wrong with one (any exception, a reader killed by the
+    watchdog) quarantines that drop with the reason, and the tick goes on with the next. Drops left when
+    the tick's time is used up wait for the next tick.
+    """
     accepted: list[str] = []
     reports: list[str] = []
     paths.landing_dir.mkdir(parents=True, exist_ok=True)  # so users find where drops go
+    deadline = time.monotonic() + limits.tick_s
     for drop in drops.complete_drops(paths.landing_dir):
-        key = drop.partition_key
-        taken = key in done or key in OFFICIAL_BATCHES or key in accepted or (paths.drops_dir / key).exists()
-        reason = f"partition {key!r} already exists: rename the drop to add it as new data" if taken else None
-        if not key:
-            reason = f"drop name {drop.path.name!r} leaves no usable partition key: rename it"
-        if reason is None:
-            try:
-                batch = read_drop(drop.path, key)
-            except InvalidBatchError as exc:
-                reason = str(exc)
-        if reason is not None:
-            moved = drops.quarantine(drop, paths.quarantine_dir, reason)
-            reports.append(f"{drop.path.name} -> {moved}: {reason}")
-            context.log.warning(f"quarantined drop {drop.path.name} to {moved}: {reason}")
+        left = deadline - time.monotonic()
+        if left < 1:
+            context.log.info(f"tick time used up: {drops.shown(drop.path.name)} and later drops wait for the next")
+            break
+        try:
+            reason, images = _judge(drop, paths, done | set(accepted), min(limits.drop_s, left))
+        except Exception as exc:  # noqa: BLE001 - one drop's failure must not stop the others
+            reason, images = f"{drops.shown(drop.path)}: {type(exc).__name__}: {exc}", None
+        try:
+            if reason is not None:
+                moved = drops.quarantine(drop, paths.quarantine_dir, reason)
+                reports.append(f"{drops.shown(drop.path.name)} -> {drops.shown(moved)}: {drops.shown(reason)}")
+                context.log.warning(f"quarantined drop {drops.shown(drop.path.name)}: {drops.shown(reason)}")
+                continue
+            dest = drops.accept(drop, paths.drops_dir)
+        except OSError as exc:
+            context.log.error(f"could not move drop {drops.shown(drop.path.name)} ({exc}); retried next tick")
             continue
-        dest = drops.accept(drop, paths.drops_dir)
-        accepted.append(key)
-        context.log.info(f"accepted drop {drop.path.name} ({len(batch)} images) as {key!r} at {dest}")
+        accepted.append(drop.partition_key)
+        context.log.info(
+            f"accepted drop {drops.shown(drop.path.name)} ({images} images) as {drop.partition_key!r} at {dest}"
+        )
     return accepted, reports
 
 
-def build_new_data_sensor(interval_s: int = 30) -> dg.SensorDefinition:
+def _judge(drop: drops.Drop, paths: DataPaths, taken: set[str], timeout_s: float) -> tuple[str | None, int | None]:
+    """(reason to quarantine or None, image count): name and key first, file kind, then the content."""
+    key = drop.partition_key
+    if not key:
+        try:
+            drops.partition_key_for(drop.path.name)
+        except ValueError as exc:
+            return str(exc), None
+    if key in taken or key in OFFICIAL_BATCHES or os.path.lexists(paths.drops_dir / key):
+        return f"partition {key!r} already exists: rename the drop to add it as new data", None
+    refused = drops.refusal(drop)
+    if refused:
+        return refused, None
+    verdict = drops.vet(drop, timeout_s)
+    return verdict.reason, verdict.images
+
+
+def build_new_data_sensor(interval_s: int = 30, limits: drops.IntakeLimits | None = None) -> dg.SensorDefinition:
     @dg.sensor(
         name="new_data_sensor",
         job=ingestion_job,
@@ -62,12 +90,12 @@ def build_new_data_sensor(interval_s: int = 30) -> dg.SensorDefinition:
         # Cursor: partition keys already requested, so a drop is processed once even if its run fails.
         done = set(json.loads(context.cursor)) if context.cursor else set()
         registered = set(context.instance.get_dynamic_partitions(raw_batches.name))
-        accepted, reports = _intake(context, paths, done | registered)
+        accepted, reports = _intake(context, paths, done | registered, limits or drops.IntakeLimits())
         # A tick that died after moving a drop but before its result was stored left it unregistered.
         if paths.drops_dir.is_dir():
             for entry in sorted(paths.drops_dir.iterdir()):
                 key = entry.name
-                if not key.startswith(".") and key not in done | registered and key not in accepted:
+                if key not in done | registered and key not in accepted and _valid_key(key):
                     accepted.append(key)
         events = [dg.AssetObservation(asset_key=RAW_ASSET, metadata={"quarantined_drop": report}) for report in reports]
         cursor = json.dumps(sorted(done | set(accepted)))
@@ -83,6 +111,18 @@ def build_new_data_sensor(interval_s: int = 30) -> dg.SensorDefinition:
         )
 
     return new_data_sensor
+
+
+def _valid_key(key: str) -> bool:
+    """Only keys a drop could have been accepted under (no temp files, nothing too long to ingest)."""
+    from mlsd_assets.ml.batches import InvalidBatchError
+    from mlsd_assets.ml.sources import check_drop_key
+
+    try:
+        check_drop_key(key)
+    except InvalidBatchError:
+        return False
+    return True
 
 
 def build_retraining_sensor(interval_s: int = 30) -> dg.SensorDefinition:

@@ -1,16 +1,22 @@
 """new_data_sensor: each drop kind becomes a partition and a run; incomplete waits, bad is quarantined."""
 
+import errno
 import json
+import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pytest
 
+from mlsd_assets.automation import drops
 from mlsd_assets.automation.drops import partition_key_for
 from mlsd_assets.automation.sensors import build_new_data_sensor
 from mlsd_assets.ml.sources import find_drop, read_drop
 from mlsd_assets.resources import DataPaths
+from mlsd_assets_tests import hostile_files as hf
 from mlsd_assets_tests.cifar_files import tar_gz, write_image_folder, write_pickle_batch
 from mlsd_assets_tests.synthetic import make_images
 
@@ -155,3 +161,154 @@ def test_partition_keys_are_safe() -> None:
     with pytest.raises(ValueError, match="no usable partition key"):
         partition_key_for("...tar.gz")
     assert np.unique([partition_key_for(n) for n in ("a", "a.tar", "a.tar.gz")]).tolist() == ["a"]
+
+
+# --- one bad drop never stops intake (issue 11) ---
+
+
+@pytest.fixture
+def no_hang() -> Iterator[None]:
+    def _timeout(*_: object) -> None:
+        raise TimeoutError("sensor tick did not return within 60 s")
+
+    previous = signal.signal(signal.SIGALRM, _timeout)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def _reason(paths: DataPaths, name: str) -> str:
+    return (paths.quarantine_dir / f"{name}.reason.txt").read_text()
+
+
+BAD_DROPS = {
+    "png_bomb": lambda landing: hf.folder_with(landing / "png_bomb", "cat/bomb.png", hf.png_claiming(65000, 65000)),
+    "huge_label": lambda landing: hf.pickle_drop(landing / "huge_label", labels=[2**70] * 10),
+    "dangling": lambda landing: hf.symlink(landing / "dangling", landing / "gone"),
+    "dangling_inside": lambda landing: hf.folder_with(
+        landing / "dangling_inside", "cat/x.png", make=lambda p: p.symlink_to(landing / "gone")
+    ),
+    "fifo": lambda landing: hf.fifo(landing / "fifo"),
+    "fifo_inside": lambda landing: hf.folder_with(landing / "fifo_inside", "cat/x.png", make=os.mkfifo),
+    "linked": lambda landing: hf.symlink(landing / "linked", _folder_drop(landing.parent, "elsewhere")),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_DROPS))
+def test_bad_drop_is_quarantined_and_the_tick_goes_on(
+    kind: str, instance: dg.DagsterInstance, paths: DataPaths, no_hang: None
+) -> None:
+    landing = paths.landing_dir
+    landing.mkdir(parents=True)
+    bad = _ready(BAD_DROPS[kind](landing))
+    os.utime(bad.with_name(bad.name + ".ready"), (1, 1))  # the bad drop is first in line
+    _ready(_pickle_drop(landing, "good_after"))
+
+    result = _tick(instance, paths)
+
+    assert [r.partition_key for r in result.run_requests] == ["good_after"]
+    assert not os.path.lexists(bad), "the bad drop left the landing dir"
+    reason = _reason(paths, kind)
+    assert f"drop: {kind}" in reason and str(landing / kind) in reason, reason
+    if kind in ("dangling", "linked"):
+        assert "symbolic link" in reason
+        assert os.path.islink(paths.quarantine_dir / kind), "moved as the link, never followed"
+    if kind == "linked":
+        assert (landing.parent / "elsewhere" / "cat").is_dir(), "the link target is untouched"
+
+
+def test_empty_ready_name_is_ignored(instance: dg.DagsterInstance, paths: DataPaths) -> None:
+    paths.landing_dir.mkdir(parents=True)
+    (paths.landing_dir / ".ready").touch()
+    _ready(_pickle_drop(paths.landing_dir, "batch_9"))
+    assert [r.partition_key for r in _tick(instance, paths).run_requests] == ["batch_9"]
+
+
+def test_non_utf8_drop_name(instance: dg.DagsterInstance, paths: DataPaths) -> None:
+    landing = paths.landing_dir
+    landing.mkdir(parents=True)
+    name = os.fsdecode(b"caf\xe9")
+    os.rename(_pickle_drop(landing, "staged"), landing / name)
+    _ready(landing / name)
+    _ready(hf.folder_with(landing / "inner_name", "cat/keep.png", hf.png_bytes()))
+    os.rename(landing / "inner_name" / "cat" / "keep.png", os.fsencode(landing / "inner_name" / "cat") + b"/\xff.png")
+
+    result = _tick(instance, paths)
+
+    assert [r.partition_key for r in result.run_requests] == ["caf"], "the name's bytes that are not a key become _"
+    reason = _reason(paths, "inner_name")
+    assert "not valid UTF-8" in reason and "\\xff.png" in reason
+    for event in result.asset_events:
+        event.metadata["quarantined_drop"].value.encode()  # storable: no lone surrogates
+
+
+def test_crash_leftover_of_a_cross_filesystem_move_is_recovered(
+    instance: dg.DagsterInstance, paths: DataPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tick killed mid-copy leaves `.<key>.incoming`; the next move replaces it instead of failing forever."""
+    landing = paths.landing_dir
+    landing.mkdir(parents=True)
+    _ready(_pickle_drop(landing, "batch_x"))
+    paths.drops_dir.mkdir(parents=True)
+    (paths.drops_dir / ".batch_x.incoming").write_bytes(b"half a copy")
+    real_rename = os.rename
+
+    def cross_device(src: os.PathLike, dest: os.PathLike) -> None:
+        if Path(src).parent == landing:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real_rename(src, dest)
+
+    monkeypatch.setattr(drops.os, "rename", cross_device)
+    result = _tick(instance, paths)
+
+    assert [r.partition_key for r in result.run_requests] == ["batch_x"]
+    assert len(read_drop(paths.drops_dir / "batch_x", "batch_x")) == 20
+    assert not (paths.drops_dir / ".batch_x.incoming").exists()
+
+
+@pytest.mark.parametrize("length", [240, 249])
+def test_long_names_are_refused_with_a_reason(length: int, instance: dg.DagsterInstance, paths: DataPaths) -> None:
+    landing = paths.landing_dir
+    landing.mkdir(parents=True)
+    name = "n" * length
+    _ready(_pickle_drop(landing, name))
+
+    result = _tick(instance, paths)
+
+    assert not result.run_requests and not result.dynamic_partitions_requests
+    [reason_file] = paths.quarantine_dir.glob("*.reason.txt")
+    reason = reason_file.read_text()
+    assert f"drop: {name}\n" in reason and "more than the 200" in reason
+    assert not list(landing.iterdir())
+
+
+def test_any_exception_quarantines_only_that_drop(
+    instance: dg.DagsterInstance, paths: DataPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    landing = paths.landing_dir
+    landing.mkdir(parents=True)
+    _ready(_pickle_drop(landing, "explodes"))
+    _ready(_pickle_drop(landing, "fine"))
+    real_vet = drops.vet
+
+    def vet(drop: drops.Drop, timeout_s: float) -> drops.Verdict:
+        if drop.partition_key == "explodes":
+            raise RuntimeError("disk on fire")
+        return real_vet(drop, timeout_s)
+
+    monkeypatch.setattr(drops, "vet", vet)
+    result = _tick(instance, paths)
+    assert [r.partition_key for r in result.run_requests] == ["fine"]
+    assert "RuntimeError: disk on fire" in _reason(paths, "explodes")
+
+
+def test_watchdog_bounds_one_drop(instance: dg.DagsterInstance, paths: DataPaths) -> None:
+    """A reader that outlives its deadline is killed; the drop is quarantined with the reason."""
+    paths.landing_dir.mkdir(parents=True)
+    _ready(_pickle_drop(paths.landing_dir, "slow"))
+    sensor = build_new_data_sensor(limits=drops.IntakeLimits(drop_s=0.01, tick_s=30))
+    context = dg.build_sensor_context(instance=instance, resources={"paths": paths})
+    result = sensor(context)
+    assert not result.run_requests
+    assert "longer than 0 s (watchdog)" in _reason(paths, "slow")

@@ -151,3 +151,15 @@ def test_garbage_jpeg(good_drop: Path) -> None:
     (good_drop / "ship" / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
     with pytest.raises(InvalidBatchError, match=r"drop/ship/bad\.jpg: not a decodable image"):
         read_drop(good_drop, "drop")
+
+
+def test_partial_unpack_of_a_killed_run_is_removed(tmp_path: Path) -> None:
+    """Unpackers hold the cache lock: a `.v1-<sha>.*` folder seen under it belongs to one that died."""
+    archive = tar_gz(write_image_folder_tree(tmp_path / "tree", 20, 10), tmp_path / "tree.tar.gz")
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    partial = tmp_path / "dl" / "unpacked" / f".v1-{digest}.k1ll3d"
+    partial.mkdir(parents=True)
+    (partial / "data_batch_1.images.npy").write_bytes(bytes(4096))
+    batch = read_official_batch(str(archive), "test_batch", tmp_path / "dl", LOG)
+    assert len(batch) == 10
+    assert not partial.exists()
