@@ -249,9 +249,9 @@ def test_crash_leftover_of_a_cross_filesystem_move_is_recovered(
     """A tick killed mid-copy leaves `.<key>.incoming`; the next move replaces it instead of failing forever."""
     landing = paths.landing_dir
     landing.mkdir(parents=True)
-    _ready(_pickle_drop(landing, "batch_x"))
-    paths.drops_dir.mkdir(parents=True)
-    (paths.drops_dir / ".batch_x.incoming").write_bytes(b"half a copy")
+    _ready(_folder_drop(landing, "batch_x"))
+    (paths.drops_dir / ".batch_x.incoming" / "cat").mkdir(parents=True)
+    (paths.drops_dir / ".batch_x.incoming" / "cat" / "0.png").write_bytes(b"half a copy")
     real_rename = os.rename
 
     def cross_device(src: os.PathLike, dest: os.PathLike) -> None:

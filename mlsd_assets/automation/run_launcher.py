@@ -1,0 +1,76 @@
+"""A run launcher for the one-machine deployment that lets Dagster's run monitoring see dead run workers.
+
+Dagster's `DefaultRunLauncher` has no `check_run_worker_health` (`supports_check_run_worker_health` is
+False), so run monitoring never looks at a STARTED run's process. The gRPC code server notices when a
+worker it spawned dies, but a run executed in-process (`python -m mlsd_assets pipeline`, `dagster asset
+materialize`) or one whose code server went down with it stays STARTED forever, and every sensor and
+schedule that waits for runs in progress waits forever. This launcher launches exactly like
+`DefaultRunLauncher` and answers the health check from the pid every run logs when its steps start
+("Executing steps in process (pid: N)"): a pid that is gone, a zombie, or a newer process reusing the
+number means the worker died, and the monitoring daemon marks the run FAILED.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import dagster as dg
+from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
+
+_SLACK_S = 5.0  # clock granularity between the process start time and its first event
+
+
+def _worker_pid(instance: dg.DagsterInstance, run_id: str) -> tuple[int, float] | None:
+    """(pid, timestamp) of the first engine event of the run that names the process executing it."""
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT, limit=50).records
+    for record in records:
+        data = record.event_log_entry.dagster_event.engine_event_data if record.event_log_entry.dagster_event else None
+        pid = data.metadata.get("pid") if data else None
+        if pid is not None:
+            return int(pid.value), record.event_log_entry.timestamp
+    return None
+
+
+def process_state(pid: int, seen_at: float) -> str | None:
+    """Why process `pid` (seen alive at `seen_at`) is not running any more, or None if it still runs."""
+    stat = Path(f"/proc/{pid}/stat")
+    if not stat.parent.parent.is_dir():  # no procfs: signal 0 says whether the pid exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return f"process {pid} is gone"
+        except PermissionError:
+            pass
+        return None
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return f"process {pid} is gone"
+    if fields[0] in ("Z", "X"):
+        return f"process {pid} has exited"
+    ticks = os.sysconf("SC_CLK_TCK")
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    started = time.time() - uptime + int(fields[19]) / ticks
+    if started > seen_at + _SLACK_S:
+        return f"process {pid} has exited (the number now belongs to a process started later)"
+    return None
+
+
+class WorkerCheckingRunLauncher(DefaultRunLauncher):
+    """`DefaultRunLauncher` plus a worker health check for run monitoring (one machine only)."""
+
+    @property
+    def supports_check_run_worker_health(self) -> bool:
+        return True
+
+    def check_run_worker_health(self, run: dg.DagsterRun) -> CheckRunHealthResult:
+        found = _worker_pid(self._instance, run.run_id)
+        if found is None:  # steps not started yet: the start timeout covers that phase
+            return CheckRunHealthResult(WorkerStatus.RUNNING, "no worker pid logged yet")
+        pid, seen_at = found
+        gone = process_state(pid, seen_at)
+        if gone:
+            return CheckRunHealthResult(WorkerStatus.FAILED, f"the run worker {gone} (killed or out of memory?)")
+        return CheckRunHealthResult(WorkerStatus.RUNNING, f"process {pid} is running")

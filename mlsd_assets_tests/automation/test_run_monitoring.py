@@ -1,0 +1,105 @@
+"""A run whose worker is SIGKILLed is marked FAILED by the daemon's run monitoring, and automation goes on."""
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+
+from mlsd_assets.serving.runtime import free_port
+from mlsd_assets_tests.automation.test_daemon_e2e import BIN, REPO, Processes
+from mlsd_assets_tests.cifar_files import write_cifar_python_dir
+from mlsd_assets_tests.deployment.instance import code_server_args
+
+DEADLINE_S = 240
+SPLIT_IN_PROCESS = (
+    "import dagster as dg; from mlsd_assets.definitions import defs; "
+    "defs.resolve_job_def('split_job').execute_in_process(instance=dg.DagsterInstance.get())"
+)
+
+
+def _wait(what: str, probe, procs: Processes, deadline_s: float = DEADLINE_S, step_s: float = 0.5):
+    deadline = time.monotonic() + deadline_s
+    while not (value := probe()):
+        assert time.monotonic() < deadline, f"{what}: not within {deadline_s} s\n{procs.tails()}"
+        time.sleep(step_s)
+    return value
+
+
+def _runs(instance: dg.DagsterInstance, job: str, **filters: object) -> list[dg.DagsterRun]:
+    return list(instance.get_runs(dg.RunsFilter(job_name=job, **filters)))
+
+
+def test_killed_run_is_failed_and_automation_goes_on(mlsd_home: Path) -> None:
+    home = mlsd_home / "dagster"
+    config = (REPO / "dagster.yaml").read_text()
+    assert "poll_interval_seconds: 30" in config
+    (home / "dagster.yaml").write_text(config.replace("poll_interval_seconds: 30", "poll_interval_seconds: 2"))
+    env = {
+        **os.environ,
+        "MLSD_SENSOR_INTERVAL_S": "2",
+        "MLSD_CIFAR10_SOURCE": str(write_cifar_python_dir(mlsd_home / "official", per_batch=2000)),
+        "MLSD_ALLOCATOR": "system",
+    }
+    procs = Processes(mlsd_home, env)
+    try:
+        migrated = procs.run(str(BIN / "dagster"), "instance", "migrate")  # storage created once, up front
+        assert migrated.returncode == 0, migrated.stderr
+        port = free_port()
+        workspace = mlsd_home / "workspace.yaml"
+        workspace.write_text(
+            "load_from:\n  - grpc_server:\n"
+            f"      host: 127.0.0.1\n      port: {port}\n      location_name: mlsd_assets\n"
+        )
+        dagster = str(BIN / "dagster")
+        procs.start("code-server", dagster, *code_server_args(port))
+        ingest = procs.run(sys.executable, "-m", "mlsd_assets", "pipeline", "--through", "raw_cifar10")
+        assert ingest.returncode == 0, ingest.stdout[-2000:] + ingest.stderr[-2000:]
+        # Nothing automatic until the killed run is in place: only retraining_sensor is started later.
+        stop = lambda: procs.run(dagster, "sensor", "stop", "retraining_sensor", "-w", str(workspace))  # noqa: E731
+        _wait("code server serving", lambda: stop().returncode == 0, procs, step_s=2)
+        for kind, name in (
+            ("sensor", "new_data_sensor"),
+            ("sensor", "run_failure_alert_sensor"),
+            ("schedule", "training_schedule"),
+        ):
+            assert procs.run(dagster, kind, "stop", name, "-w", str(workspace)).returncode == 0
+        procs.start("daemon", str(BIN / "dagster-daemon"), "run", "-w", str(workspace))
+
+        # `make pipeline` runs split_job in its own process: kill -9 it while the run is STARTED.
+        worker = procs.start("split", sys.executable, "-c", SPLIT_IN_PROCESS)
+        instance = dg.DagsterInstance.get()
+        started = _wait(
+            "split_job STARTED",
+            lambda: _runs(instance, "split_job", statuses=[dg.DagsterRunStatus.STARTED]),
+            procs,
+            step_s=0.05,
+        )
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=10)
+        [killed] = started
+        assert instance.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.STARTED, "killed mid-run"
+
+        failed = _wait(
+            "killed run marked FAILED by run monitoring",
+            lambda: instance.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.FAILURE,
+            procs,
+            deadline_s=90,
+        )
+        assert failed
+        assert procs.run(dagster, "sensor", "start", "retraining_sensor", "-w", str(workspace)).returncode == 0
+        [again] = _wait(
+            "retraining_sensor requests a new split",
+            lambda: _runs(instance, "split_job", tags={"dagster/sensor_name": "retraining_sensor"}),
+            procs,
+            deadline_s=90,
+        )
+        print(f"killed run {killed.run_id} FAILED; retraining_sensor then launched split run {again.run_id}")
+    finally:
+        procs.stop()
+    messages = [e.message for e in instance.all_logs(killed.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)] + [
+        e.message for e in instance.all_logs(killed.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    ]
+    assert any("run worker process" in m and "exited" in m or "gone" in m for m in messages), messages
