@@ -15,10 +15,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-# The instance config travels with the repo; DAGSTER_HOME holds the SQLite files next to it.
-dagster-home:
+# The instance config travels with the repo; DAGSTER_HOME holds the SQLite files next to it. The storage is
+# created here, once, before a webserver, daemon or code server can race to create it (alembic: two heads).
+dagster-home: setup
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster instance migrate >/dev/null
 
 # The last two assets build and run a real image: start a local engine + offline base image when missing.
 engine:

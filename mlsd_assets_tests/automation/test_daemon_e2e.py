@@ -83,6 +83,9 @@ def test_daemon_ingests_a_landed_drop(processes: Processes, mlsd_home: Path) -> 
         f"      host: 127.0.0.1\n      port: {port}\n      location_name: mlsd_assets\n"
     )
     dagster = str(BIN / "dagster")
+    # Create the storage once before two processes can race to (alembic ended with two heads, issue 11).
+    migrated = processes.run(dagster, "instance", "migrate")
+    assert migrated.returncode == 0, migrated.stderr
     processes.start("code-server", dagster, *code_server_args(port))
     # Only the drop sensor: the others would go on to split and train, which is not what this test is about.
     deadline = time.monotonic() + DEADLINE_S
