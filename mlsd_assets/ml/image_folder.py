@@ -220,6 +220,8 @@ def _decode_jpeg(data: bytes | memoryview, label: str) -> np.ndarray:
         height, width, _, _ = simplejpeg.decode_jpeg_header(data)
         _check_size(width, height, label)
         return simplejpeg.decode_jpeg(data, colorspace="RGB")
+    except InvalidBatchError:
+        raise
     except ValueError as exc:
         raise InvalidBatchError(f"{label}: not a decodable image ({exc})") from exc
 

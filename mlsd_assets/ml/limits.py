@@ -74,8 +74,12 @@ def read_maybe_gzip(path: Path, max_bytes: int) -> bytearray:
     if data[:2] != b"\x1f\x8b":
         return bytearray(data)
     name = shown(path)
-    if len(data) >= 18 and int.from_bytes(data[-4:], "little") > max_bytes:  # gzip trailer: size mod 2**32
-        raise InvalidBatchError(f"{name}: declares more than {max_bytes} bytes inflated (gzip bomb?); refused")
+    declared = int.from_bytes(data[-4:], "little") if len(data) >= 18 else 0  # gzip trailer: size mod 2**32
+    if declared > max_bytes:
+        raise InvalidBatchError(
+            f"{name}: its gzip trailer declares {declared} bytes inflated, more than the {max_bytes} allowed "
+            "(a gzip bomb, or a truncated file); refused"
+        )
     chunks: list[bytes] = []
     total = 0
     rest = memoryview(data)

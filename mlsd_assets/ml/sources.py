@@ -127,6 +127,10 @@ def read_official_batch(
         raise SourceUnavailableError(f"{SOURCE_ENV}={location!r} does not exist; point it at {LOCAL_FORMS}")
     if path.is_dir():
         return _read_official_dir(path, partition, log)
+    if not path.is_file():
+        raise SourceUnavailableError(
+            f"{SOURCE_ENV}={location!r} is not a regular file or folder (a device or FIFO?); use {LOCAL_FORMS}"
+        )
     if path.name.endswith(_TAR_SUFFIXES) or tarfile.is_tarfile(path):
         return _read_official_tar(path, partition, downloads_dir, log)
     raise SourceUnavailableError(f"{SOURCE_ENV}={location!r} is neither a folder nor a tarball; use {LOCAL_FORMS}")
