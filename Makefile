@@ -5,7 +5,11 @@ export MLSD_HOME ?= $(CURDIR)/.mlsd
 export DAGSTER_HOME ?= $(MLSD_HOME)/dagster
 BIN := $(VENV)/bin
 
-.PHONY: setup dagster-home engine pipeline dev test test-all lint
+.PHONY: system setup dagster-home engine pipeline dev test test-all lint
+
+# System packages + Docker engine (root installs them; anyone else is told, within seconds, what to run).
+system:
+	docker/engine/setup-system.sh
 
 setup: $(VENV)/.installed
 
@@ -26,7 +30,8 @@ dagster-home: setup
 engine:
 	docker/engine/prepare.sh
 
-pipeline: setup dagster-home engine
+# `system` first: a machine that cannot run the last steps stops before the venv and the training.
+pipeline: system setup dagster-home
 	$(BIN)/python -m mlsd_assets pipeline
 
 # Run workers inherit jemalloc (when installed) from here: CPU training steps stop page-faulting.

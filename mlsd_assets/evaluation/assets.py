@@ -57,6 +57,7 @@ def evaluation_report(
     must equal the offline ONNX one, or the asset fails instead of reporting a number."""
     from mlsd_assets.evaluation.measure import measure_server, offline_predictions
     from mlsd_assets.evaluation.report import classification_metrics, draw_confusion, latency_summary_ms
+    from mlsd_assets.ml.pictures import markdown_image
     from mlsd_assets.serving.runtime import running_container, running_local_process
 
     images, labels = cifar10_split.arrays("test")
@@ -74,15 +75,11 @@ def evaluation_report(
         image_labels = client.images.get(inference_server_image.image_id).labels or {}
         _check_image_serves(inference_server_image, cifar10_onnx, model_sha256, image_labels)
         name = f"mlsd-eval-{context.run.run_id[:8]}-{uuid.uuid4().hex[:6]}"
-        server = running_container(
-            client, inference_server_image.image_id, name, context.log, config.health_timeout_s
-        )
+        server = running_container(client, inference_server_image.image_id, name, context.log, config.health_timeout_s)
     else:
         model_path = out_dir / "model.onnx"
         model_path.write_bytes(cifar10_onnx.model_bytes)
-        server = running_local_process(
-            model_path, out_dir / "server.log", context.log, config.health_timeout_s
-        )
+        server = running_local_process(model_path, out_dir / "server.log", context.log, config.health_timeout_s)
     with server as running:
         measured = measure_server(running.base_url, images, expected, config.batch_size, single, context.log)
 
@@ -123,7 +120,7 @@ def evaluation_report(
     _log_to_mlflow(mlflow, report, out_dir)
     context.add_output_metadata(
         {
-            "report": dg.MetadataValue.md(report.markdown() + f"\n![confusion matrix]({png.as_uri()})\n"),
+            "report": dg.MetadataValue.md(f"{report.markdown()}\n{markdown_image(png, 'confusion matrix')}\n"),
             "confusion_matrix": dg.MetadataValue.path(str(png)),
             "runtime": report.runtime,
             "accuracy": report.accuracy,

@@ -43,6 +43,9 @@ class TrainConfig:
     # image, and trained for the same minutes they were no more accurate (benchmarks/, README).
     widths: tuple[int, int, int] = (32, 128, 128)
     epochs: int = 10
+    # Stop after this many optimizer steps in all (0: every epoch in full); the lr schedule ends here. A time
+    # budget (mlsd_assets.ml.budget) sets it, so the last epoch may be partial.
+    max_steps: int = 0
     batch_size: int = 1024
     optimizer: Literal["sgd", "muon", "adam", "adamw"] = "sgd"
     lr: float = 1.5
@@ -81,6 +84,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.max_steps < 0:
+            raise ValueError(f"max_steps: must be >= 0 (0 = all epochs in full), got {self.max_steps}")
         if len(self.widths) != 3 or min(self.widths) < 1:
             raise ValueError(f"widths: expected three positive channel counts, got {self.widths}")
         if not self.lr > 0:
@@ -190,11 +195,7 @@ def resolve_precision(precision: Precision, device: torch.device) -> str:
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return (
-        "bf16"
-        if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        else "fp32"
-    )
+    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
 
 
 def _autocast(precision: str, device: torch.device) -> AbstractContextManager[Any]:
@@ -242,6 +243,78 @@ def _optimizers(net: nn.Module, config: TrainConfig) -> list[torch.optim.Optimiz
         for g in opt.param_groups:
             g["base_lr"] = g["lr"]
     return optimizers
+
+
+def prepare_model(
+    config: TrainConfig,
+    train_images: np.ndarray,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+    device: torch.device,
+) -> InferenceModel:
+    """A fresh model as training starts it: whitening fitted on the first train images, memory layout set."""
+    model = InferenceModel(build_model(config.architecture, config.widths), mean, std, flip_tta=config.flip_tta).to(
+        device
+    )
+    if isinstance(model.net, AirbenchNet):
+        sample = torch.from_numpy(train_images[: min(len(train_images), 5000)]).to(device)
+        model.net.init_whitening(model.preprocess(sample))
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def train_batches(config: TrainConfig, images: np.ndarray, labels: np.ndarray) -> TrainBatches:
+    augmentation = Augmentation(pad=config.crop_pad, flip=config.flip)
+    return TrainBatches(images, labels, config.batch_size, augmentation, seed=config.seed, drop_last=True)
+
+
+def train_step(
+    model: InferenceModel,
+    optimizers: list[torch.optim.Optimizer],
+    loss_fn: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    precision: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step; returns the (detached) loss and logits."""
+    with _autocast(precision, x.device):
+        logits = model.net(model.preprocess(x))
+        loss = loss_fn(logits.float(), y)
+    model.net.zero_grad(set_to_none=True)
+    loss.backward()
+    for opt in optimizers:
+        opt.step()
+    return loss.detach(), logits.detach()
+
+
+def total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
+    full = steps_per_epoch * config.epochs
+    return min(config.max_steps, full) if config.max_steps else full
+
+
+class _Progress:
+    """A log line at least every `every` seconds: step, images/s over the window, ETA of the epoch and run."""
+
+    def __init__(self, logger: logging.Logger, every: float, total: int, epochs: int) -> None:
+        self.logger, self.every, self.total, self.epochs = logger, every, total, epochs
+        self.last_time, self.last_step, self.eval_seconds = time.perf_counter(), 0, 0.0
+
+    def step(self, epoch: int, i: int, step: int, steps_per_epoch: int, batch: int, loss: float) -> None:
+        now = time.perf_counter()
+        if now - self.last_time < self.every:
+            return
+        rate = (step + 1 - self.last_step) / (now - self.last_time)  # steps/s over this window
+        epoch_end = min((epoch + 1) * steps_per_epoch, self.total)
+        evals_left = self.epochs - epoch  # this epoch's validation pass and the later ones
+        epoch_eta = (epoch_end - step - 1) / rate + self.eval_seconds
+        run_eta = (self.total - step - 1) / rate + evals_left * self.eval_seconds
+        self.logger.info(
+            f"epoch {epoch + 1}/{self.epochs} step {i + 1}/{epoch_end - epoch * steps_per_epoch}"
+            f" (run {step + 1}/{self.total}): loss {loss:.4f}, {rate * batch:.0f} img/s,"
+            f" epoch ETA {epoch_eta:.0f}s, run ETA {run_eta:.0f}s"
+        )
+        self.last_time, self.last_step = now, step + 1
 
 
 def _lr_factor(config: TrainConfig, step: int, total: int) -> float:
@@ -319,10 +392,12 @@ def train(
     checkpoint_extra: dict[str, Any] | None = None,
     device: torch.device | None = None,
     select: Literal["best", "last"] = "best",
+    progress_every: float = 20.0,
 ) -> TrainResult:
     """Train `config.epochs` epochs (continuing from `checkpoint_dir` if it holds a matching run); the epoch
     with the best validation accuracy is returned (`select="last"`: the final one, for benchmarks that pass
-    the test set as validation). The asset never passes the test split in here."""
+    the test set as validation). The asset never passes the test split in here. A progress line is logged at
+    least every `progress_every` seconds (while steps finish)."""
     device = device or pick_device()
     if config.threads > 0:
         torch.set_num_threads(config.threads)
@@ -337,24 +412,12 @@ def train(
     if len(val_labels) == 0:
         raise ValueError("validation split is empty: model selection needs validation images")
 
-    model = InferenceModel(
-        build_model(config.architecture, config.widths), mean, std, flip_tta=config.flip_tta
-    ).to(device)
-    batches = TrainBatches(
-        train_images,
-        train_labels,
-        config.batch_size,
-        Augmentation(pad=config.crop_pad, flip=config.flip),
-        seed=config.seed,
-        drop_last=True,
-    )
-    if isinstance(model.net, AirbenchNet):
-        sample = torch.from_numpy(train_images[: min(len(train_images), 5000)]).to(device)
-        model.net.init_whitening(model.preprocess(sample))
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = prepare_model(config, train_images, mean, std, device)
+    batches = train_batches(config, train_images, train_labels)
     optimizers = _optimizers(model.net, config)
-    total_steps = len(batches) * config.epochs
+    steps_per_epoch = len(batches)
+    total = total_steps(config, steps_per_epoch)
+    epochs = math.ceil(total / steps_per_epoch)
     lookahead = _Lookahead(model.net) if config.lookahead else None
 
     state = read_checkpoint(checkpoint_dir)
@@ -374,12 +437,12 @@ def train(
         best = state["best"]
         start_epoch = state["epoch"]
         extra = {**state.get("extra", {}), **extra}
-        logger.info(f"resuming from checkpoint {checkpoint_dir} after epoch {start_epoch}/{config.epochs}")
+        logger.info(f"resuming from checkpoint {checkpoint_dir} after epoch {start_epoch}/{epochs}")
 
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    steps_per_epoch = len(batches)
     seconds = sum(h.epoch_seconds for h in history)
-    for epoch in range(start_epoch, config.epochs):
+    progress = _Progress(logger, progress_every, total, epochs)
+    for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         if isinstance(model.net, AirbenchNet):
             model.net.whiten.bias.requires_grad_(epoch < config.whiten_bias_epochs)
@@ -387,44 +450,40 @@ def train(
         loss_sum, correct, seen = 0.0, 0, 0
         for i, (x, y) in enumerate(_on(batches.epoch(epoch), device)):
             step = epoch * steps_per_epoch + i
-            factor = _lr_factor(config, step, total_steps)
+            if step >= total:
+                break
+            factor = _lr_factor(config, step, total)
             for opt in optimizers:
                 for g in opt.param_groups:
                     g["lr"] = g["base_lr"] * factor
-            with _autocast(precision, device):
-                logits = model.net(model.preprocess(x))
-                loss = loss_fn(logits.float(), y)
-            model.net.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in optimizers:
-                opt.step()
+            loss, logits = train_step(model, optimizers, loss_fn, x, y, precision)
             if lookahead is not None and (step + 1) % _Lookahead.every == 0:
-                lookahead.step(model.net, _lookahead_decay(step + 1, total_steps))
-            loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.detach().argmax(1) == y).sum())
+                lookahead.step(model.net, _lookahead_decay(step + 1, total))
+            loss_sum += float(loss) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
             if not math.isfinite(loss_sum):
                 raise FloatingPointError(f"epoch {epoch + 1} step {i}: loss is not finite (lr {config.lr})")
-        if lookahead is not None and epoch + 1 == config.epochs:
+            progress.step(epoch, i, step, steps_per_epoch, len(y), float(loss))
+        if lookahead is not None and epoch + 1 == epochs:
             lookahead.step(model.net, 1.0)  # finish on the slow (averaged) weights
         train_seconds = time.perf_counter() - t0
-        val = evaluate(
-            model, val_images, val_labels, config.eval_batch_size, precision, config.label_smoothing
-        )
+        val = evaluate(model, val_images, val_labels, config.eval_batch_size, precision, config.label_smoothing)
         epoch_seconds = time.perf_counter() - t0
+        progress.eval_seconds = epoch_seconds - train_seconds
         seconds += epoch_seconds
         stats = EpochStats(
             epoch=epoch + 1,
-            epochs=config.epochs,
+            epochs=epochs,
             train_loss=loss_sum / max(seen, 1),
             train_accuracy=correct / max(seen, 1),
             val_loss=val["loss"],
             val_accuracy=val["accuracy"],
-            lr=config.lr * _lr_factor(config, (epoch + 1) * steps_per_epoch, total_steps),
+            lr=config.lr * _lr_factor(config, min((epoch + 1) * steps_per_epoch, total), total),
             images_per_second=seen / max(train_seconds, 1e-9),
             train_seconds=train_seconds,
             epoch_seconds=epoch_seconds,
-            eta_seconds=epoch_seconds * (config.epochs - epoch - 1),
+            eta_seconds=epoch_seconds * (epochs - epoch - 1),
         )
         history.append(stats)
         if stats.val_accuracy > best["accuracy"]:
@@ -446,9 +505,7 @@ def train(
         if on_epoch is not None:
             on_epoch(stats)
 
-    final = InferenceModel(
-        build_model(config.architecture, config.widths), mean, std, flip_tta=config.flip_tta
-    )
+    final = InferenceModel(build_model(config.architecture, config.widths), mean, std, flip_tta=config.flip_tta)
     use_best = select == "best" and best["state"] is not None
     final.load_state_dict(best["state"] if use_best else _cpu_state(model))
     final.eval()
@@ -456,7 +513,7 @@ def train(
     return TrainResult(
         model=final,
         history=history,
-        best_epoch=int(best["epoch"]) if use_best else config.epochs,
+        best_epoch=int(best["epoch"]) if use_best else epochs,
         validation=validation,
         resumed_from_epoch=start_epoch,
         train_seconds=seconds,

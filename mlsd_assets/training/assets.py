@@ -18,7 +18,44 @@ from mlsd_assets.training.config import ModelConfig
 from mlsd_assets.training.resources import DAGSTER_RUN_TAG, MLflowTracking
 
 if TYPE_CHECKING:
-    from mlsd_assets.ml.train import EpochStats
+    from mlsd_assets.ml.train import EpochStats, TrainConfig
+
+
+def split_source(context: dg.AssetExecutionContext) -> str:
+    """Where the split the model trains on is stored (its last materialization's `path`), for MLflow."""
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("cifar10_split"))
+    path = event.asset_materialization.metadata.get("path") if event and event.asset_materialization else None
+    return str(path.value) if path is not None else "cifar10_split"
+
+
+def sized_config(
+    context: dg.AssetExecutionContext,
+    config: "TrainConfig",
+    budget_s: float | None,
+    previous: dict | None,
+    split: Cifar10Split,
+    mlflow: MLflowTracking,
+    run_id: str,
+) -> "TrainConfig":
+    """`config` as asked, or sized to the time budget: by a throughput probe, or as the checkpoint was."""
+    import dataclasses
+
+    from mlsd_assets.ml.budget import budgeted, measure_throughput, plan_budget
+
+    if budget_s is None:
+        return config
+    if previous is not None:
+        planned = previous["config"]
+        return dataclasses.replace(config, epochs=planned["epochs"], max_steps=planned["max_steps"])
+    (x_train, y_train), (x_val, _) = split.arrays("train"), split.arrays("validation")
+    probe = measure_throughput(config, x_train, y_train, x_val, split.mean, split.std, context.log)
+    plan = plan_budget(budget_s, probe, len(x_train), len(x_val), config.batch_size)
+    context.log.info(
+        f"time budget {budget_s / 60:.1f} min: {plan.steps} steps ({plan.steps / plan.steps_per_epoch:.2f}"
+        f" epochs), estimated {plan.expected_seconds:.0f}s"
+    )
+    tracking.log_budget(mlflow, run_id, probe, plan)
+    return budgeted(config, plan)
 
 
 def checkpoint_key(hyperparameters: dict[str, object], dataset_hash: str) -> str:
@@ -40,31 +77,33 @@ def cifar10_model(
     overrides = require_trusted_inputs(context)  # the split's blocking checks passed, or an operator overrode them
     import torch
 
+    from mlsd_assets.ml.curves import plot_curves
     from mlsd_assets.ml.env_info import environment
+    from mlsd_assets.ml.pictures import markdown_image
     from mlsd_assets.ml.train import read_checkpoint, train
 
-    train_config = config.train_config()
-    hyperparameters = train_config.hyperparameters()
+    base_config, budget_s = config.train_config(), config.budget_seconds()
     x_train, y_train = cifar10_split.arrays("train")
     x_val, y_val = cifar10_split.arrays("validation")
     for name, labels in (("train", y_train), ("validation", y_val)):
         if len(labels) == 0:
             raise ValueError(f"cifar10_split: the {name} split is empty; cannot train")
 
-    ckpt_dir = paths.checkpoints_dir / checkpoint_key(hyperparameters, cifar10_split.content_hash)
+    # Keyed on the config as asked (budget, not the planned steps) so a re-launch finds the checkpoint.
+    key = checkpoint_key({**base_config.hyperparameters(), "time_budget_s": budget_s}, cifar10_split.content_hash)
+    ckpt_dir = paths.checkpoints_dir / key
     previous = read_checkpoint(ckpt_dir)
     resume_run = (previous or {}).get("extra", {}).get("mlflow_run_id")
     tags = {
         DAGSTER_RUN_TAG: context.run.run_id,
         "dagster.asset": "cifar10_model",
-        "architecture": train_config.architecture,
+        "architecture": base_config.architecture,
         "dataset.content_hash": cifar10_split.content_hash,
         **overrides,
     }
-    run_id = mlflow.start_run(f"{train_config.architecture}-{context.run.run_id[:8]}", tags, resume_run)
+    run_id = mlflow.start_run(f"{base_config.architecture}-{context.run.run_id[:8]}", tags, resume_run)
     if previous is not None:
         context.log.info(f"checkpoint {ckpt_dir} holds epoch {previous['epoch']}; MLflow run {run_id}")
-    tracking.log_setup(mlflow, run_id, train_config, cifar10_split, environment())
 
     def on_epoch(stats: "EpochStats") -> None:
         context.log.info(
@@ -76,26 +115,34 @@ def cifar10_model(
         tracking.log_epoch(mlflow, run_id, stats)
 
     try:
-        result = train(
-            x_train,
-            y_train,
-            x_val,
-            y_val,
-            cifar10_split.mean,
-            cifar10_split.std,
-            train_config,
-            context.log,
-            checkpoint_dir=ckpt_dir,
-            on_epoch=on_epoch,
-            checkpoint_extra={"mlflow_run_id": run_id},
-        )
+        with tracking.system_metrics(mlflow, run_id):
+            train_config = sized_config(context, base_config, budget_s, previous, cifar10_split, mlflow, run_id)
+            tracking.log_setup(mlflow, run_id, train_config, cifar10_split, environment())
+            tracking.log_dataset(mlflow, run_id, cifar10_split, split_source(context))
+            result = train(
+                x_train,
+                y_train,
+                x_val,
+                y_val,
+                cifar10_split.mean,
+                cifar10_split.std,
+                train_config,
+                context.log,
+                checkpoint_dir=ckpt_dir,
+                on_epoch=on_epoch,
+                checkpoint_extra={"mlflow_run_id": run_id},
+            )
         title = f"{train_config.architecture} on dataset {cifar10_split.content_hash[:12]}"
-        info = tracking.log_result(mlflow, run_id, result, title)
+        out_dir = paths.reports_dir / "training" / run_id
+        out_dir.mkdir(parents=True, exist_ok=True)
+        curves = plot_curves(result.history, out_dir / "training_curves.png", title) if result.history else None
+        info = tracking.log_result(mlflow, run_id, result, curves)
     except BaseException:
         mlflow.client().set_terminated(run_id, "FAILED")
         raise
     mlflow.client().set_terminated(run_id, "FINISHED")
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the model lives in MLflow and the artifact store
+    hyperparameters = train_config.hyperparameters()
 
     buffer = io.BytesIO()
     torch.save(result.model.state_dict(), buffer)
@@ -111,12 +158,15 @@ def cifar10_model(
             "val_loss": result.validation["loss"],
             "best_epoch": result.best_epoch,
             "epochs": train_config.epochs,
+            "steps": train_config.max_steps or "all",
+            "time_budget_minutes": round(budget_s / 60, 2) if budget_s else "none (epochs fixed)",
             "resumed_from_epoch": result.resumed_from_epoch,
             "train_seconds": round(result.train_seconds, 1),
             "images_per_second": round(result.history[-1].images_per_second, 1) if result.history else 0.0,
             "precision": result.precision,
             "dataset_hash": cifar10_split.content_hash,
             "hyperparameters": dg.MetadataValue.json(hyperparameters),
+            **({"training_curves": dg.MetadataValue.md(markdown_image(curves, "training curves"))} if curves else {}),
         }
     )
     return TrainedModel(

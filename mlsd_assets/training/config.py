@@ -11,6 +11,11 @@ if TYPE_CHECKING:
     from mlsd_assets.ml.train import TrainConfig
 
 
+# Training minutes by default: with ingestion, export, image build and evaluation, `make pipeline` takes about
+# 15 minutes on a 2-core machine whatever its CPU (a throughput probe sizes the run; README, "Time budget").
+DEFAULT_BUDGET_MINUTES = 8.0
+
+
 class ModelConfig(dg.Config):
     """`recipe`: "fast" (default), "long" (more accurate, about 3x the time), "sgd" (airbench94's SGD recipe)
     or "vgg11" (seed-parity recipe: Adam 1e-3, batch 32, 1 epoch). Without a recipe, `architecture` picks its
@@ -18,10 +23,15 @@ class ModelConfig(dg.Config):
 
     recipe: str | None = Field(default=None, description="fast | long | sgd | vgg11")
     architecture: str = Field(default="airbench", description="airbench | vgg11")
-    widths: list[int] | None = Field(
-        default=None, description="airbench conv group channels, e.g. [64, 256, 256]"
+    widths: list[int] | None = Field(default=None, description="airbench conv group channels, e.g. [64, 256, 256]")
+    epochs: int | None = Field(
+        default=None, description="full passes over the train split; when set, the time budget is ignored"
     )
-    epochs: int | None = Field(default=None, description="full passes over the train split")
+    time_budget_minutes: float | None = Field(
+        default=DEFAULT_BUDGET_MINUTES,
+        description="train as many steps as fit in this many minutes on this CPU (measured by a short probe);"
+        " null or 0: the recipe's epochs",
+    )
     batch_size: int | None = None
     optimizer: str | None = Field(default=None, description="sgd | muon | adam | adamw")
     lr: float | None = Field(default=None, description="peak learning rate (mean-reduced loss)")
@@ -32,20 +42,24 @@ class ModelConfig(dg.Config):
     weight_decay: float | None = None
     label_smoothing: float | None = None
     lookahead: bool | None = None
-    flip_tta: bool | None = Field(
-        default=None, description="average logits with the mirrored image (in the ONNX too)"
-    )
-    precision: str = Field(
-        default="auto", description="auto | bf16 | fp32; auto = bf16 where the hardware has it"
-    )
+    flip_tta: bool | None = Field(default=None, description="average logits with the mirrored image (in the ONNX too)")
+    precision: str = Field(default="auto", description="auto | bf16 | fp32; auto = bf16 where the hardware has it")
     seed: int = 0
     threads: int = Field(default=0, description="torch CPU threads; 0 = all cores")
+
+    def budget_seconds(self) -> float | None:
+        """The time budget in seconds, or None when `epochs` fixes the length (or no budget is set)."""
+        if self.epochs is not None or not self.time_budget_minutes or self.time_budget_minutes <= 0:
+            return None
+        return self.time_budget_minutes * 60.0
 
     def train_config(self) -> TrainConfig:
         from mlsd_assets.ml.train import default_config, recipe_config
 
         overrides: dict[str, Any] = {
-            k: v for k, v in self.model_dump().items() if v is not None and k not in ("architecture", "recipe")
+            k: v
+            for k, v in self.model_dump().items()
+            if v is not None and k not in ("architecture", "recipe", "time_budget_minutes")
         }
         if "widths" in overrides:
             overrides["widths"] = tuple(overrides["widths"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +15,7 @@ from mlsd_assets.training.resources import MLflowTracking
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
 
+    from mlsd_assets.ml.budget import BudgetPlan, Throughput
     from mlsd_assets.ml.models import InferenceModel
     from mlsd_assets.ml.train import EpochStats, TrainConfig, TrainResult
 
@@ -46,6 +49,45 @@ def log_setup(
         client.log_artifact(run_id, str(path))
 
 
+def log_dataset(tracking: MLflowTracking, run_id: str, split: Cifar10Split, source: str) -> None:
+    """The train and validation splits as the run's dataset inputs (digest: the split's content hash)."""
+    import mlflow.data
+    from mlflow.entities import DatasetInput, InputTag
+
+    inputs = []
+    for name, context in (("train", "training"), ("validation", "validation")):
+        images, labels = split.arrays(name)
+        dataset = mlflow.data.from_numpy(
+            images, source=source, targets=labels, name=f"cifar10_split/{name}", digest=split.content_hash[:32]
+        )
+        tags = [InputTag("mlflow.data.context", context), InputTag("content_hash", split.content_hash)]
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags))
+    tracking.client().log_inputs(run_id, datasets=inputs)
+
+
+def log_budget(tracking: MLflowTracking, run_id: str, throughput: Throughput, plan: BudgetPlan) -> None:
+    """What the throughput probe measured on this CPU and how many steps the budget bought."""
+    from mlflow.entities import Param
+
+    record = {**throughput.record(), **plan.record()}
+    tracking.client().log_batch(run_id, params=[Param(k, str(v)) for k, v in record.items()])
+
+
+@contextmanager
+def system_metrics(tracking: MLflowTracking, run_id: str) -> Iterator[None]:
+    """CPU, memory, disk and network of this machine as `system/*` metrics of the run, every 10 s."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(
+        run_id, sampling_interval=10, resume_logging=True, tracking_uri=tracking.tracking_uri
+    )
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+
+
 def log_epoch(tracking: MLflowTracking, run_id: str, stats: EpochStats) -> None:
     import time
 
@@ -56,13 +98,12 @@ def log_epoch(tracking: MLflowTracking, run_id: str, stats: EpochStats) -> None:
     tracking.client().log_batch(run_id, metrics=metrics)
 
 
-def log_result(tracking: MLflowTracking, run_id: str, result: TrainResult, title: str) -> ModelInfo:
+def log_result(tracking: MLflowTracking, run_id: str, result: TrainResult, curves: Path | None) -> ModelInfo:
     """Final validation metrics, training curves, and the model (uint8 NHWC in, logits out), registered."""
     import mlflow
     import numpy as np
     from mlflow.models import infer_signature
 
-    from mlsd_assets.ml.curves import plot_curves
     from mlsd_assets.ml.env_info import package_versions
 
     client = tracking.client()
@@ -70,11 +111,8 @@ def log_result(tracking: MLflowTracking, run_id: str, result: TrainResult, title
     final |= {"best_epoch": float(result.best_epoch), "train_seconds": result.train_seconds}
     for key, value in final.items():
         client.log_metric(run_id, key, float(value))
-    with tempfile.TemporaryDirectory(prefix="mlsd-mlflow-") as tmp:
-        if result.history:
-            client.log_artifact(
-                run_id, str(plot_curves(result.history, Path(tmp) / "training_curves.png", title))
-            )
+    if curves is not None:
+        client.log_artifact(run_id, str(curves))
     example = np.zeros((2, 32, 32, 3), dtype=np.uint8)
     signature = infer_signature(example, _logits(result.model, example))
     versions = package_versions()

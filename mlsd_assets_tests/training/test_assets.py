@@ -38,6 +38,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     mp.setenv("MLSD_HOME", str(home))
     for var in ("MLSD_DATA_DIR", "MLFLOW_TRACKING_URI", "MLSD_MLFLOW_ARTIFACT_ROOT"):
         mp.delenv(var, raising=False)
+    mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")  # the tiny run lasts seconds, not minutes
     mp.chdir(home)
     settings = load_settings()
     tracking = MLflowTracking(
@@ -86,6 +87,8 @@ def test_mlflow_run_records_everything(pipeline) -> None:  # type: ignore[no-unt
         "version.numpy",
         "os",
         "git_sha",
+        "cpu.model",
+        "cpu.capability",
     ):
         assert run.data.tags[key], key
     assert run.data.tags["allocator"] in ("jemalloc", "tcmalloc", "system")
@@ -104,9 +107,27 @@ def test_mlflow_run_records_everything(pipeline) -> None:  # type: ignore[no-unt
     artifacts = {a.path for a in client.list_artifacts(model.mlflow_run_id)}
     assert {"training_curves.png", "environment.json", "onnx"} <= artifacts
     assert [a.path for a in client.list_artifacts(model.mlflow_run_id, "onnx")] == ["onnx/cifar10.onnx"]
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"cifar10_split/train", "cifar10_split/validation"}
+    train_input = inputs["cifar10_split/train"]
+    assert train_input.dataset.digest == SPLIT.content_hash[:32]
+    assert {t.key: t.value for t in train_input.tags}["mlflow.data.context"] == "training"
+    assert json.loads(train_input.dataset.profile)["features_shape"] == [300, 32, 32, 3]
+    assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), run.data.metrics.keys()
     location = client.get_experiment(run.info.experiment_id).artifact_location
     assert location.startswith(pipeline["settings"].mlflow_artifact_root)
     assert not (Path(pipeline["home"]) / "mlruns").exists()
+
+
+def test_training_curves_are_inline_in_the_asset_page(pipeline) -> None:  # type: ignore[no-untyped-def]
+    import base64
+
+    metadata = pipeline["result"].asset_materializations_for_node("cifar10_model")[0].metadata
+    text = metadata["training_curves"].value
+    assert text.startswith("![training curves](data:image/png;base64,")
+    png = base64.b64decode(text.split("base64,", 1)[1].rstrip(")"))
+    assert png.startswith(b"\x89PNG")
+    assert metadata["time_budget_minutes"].value == "none (epochs fixed)"
 
 
 def test_model_is_registered_with_a_signature(pipeline) -> None:  # type: ignore[no-untyped-def]
