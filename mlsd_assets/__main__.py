@@ -8,6 +8,7 @@ DAGSTER_HOME picks the instance (`make pipeline` sets it); other locations come 
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import dagster as dg
 
@@ -15,6 +16,7 @@ from mlsd_assets.automation.jobs import ingestion_job, split_job, training_job
 from mlsd_assets.automation.resources import root_cause
 from mlsd_assets.data.partitions import OFFICIAL_BATCHES, add_official_batches
 from mlsd_assets.ml.allocator import reexec_with_jemalloc
+from mlsd_assets.settings import load_settings
 
 ORDER = (
     "raw_cifar10",
@@ -61,7 +63,37 @@ def _execute(
     return result
 
 
-def pipeline(through: str, epochs: int | None) -> None:
+def summary(result: dg.ExecuteInProcessResult, tracking_uri: str) -> list[str]:
+    """What a first run ends with: the figures, the gate's decision, and where to look next."""
+    values: dict[str, dict[str, object]] = {}
+    for event in result.get_asset_materialization_events():
+        meta = event.materialization.metadata
+        values[event.asset_key.to_user_string()] = {k: getattr(v, "value", v) for k, v in meta.items()}
+    model, report = values.get("cifar10_model", {}), values.get("evaluation_report", {})
+    lines = ["", "==== summary ===="]
+    if model:
+        lines.append(
+            f"model: validation accuracy {float(model['val_accuracy']):.4f}, trained {model['train_seconds']}s"
+            f" ({model['epochs']} epochs, {model['precision']}, budget {model.get('time_budget_minutes')} min),"
+            f" MLflow run {model['mlflow_run_id']}"
+        )
+    if report:
+        lines.append(
+            f"served model: test accuracy {float(report['accuracy']):.4f}, latency p50 {report['latency_p50_ms']} ms"
+            f" p95 {report['latency_p95_ms']} ms per image, {report['batched_images_per_s']} img/s batched"
+        )
+        lines.append(f"report files: {Path(str(report['confusion_matrix'])).parent}")
+    for ev in result.get_asset_check_evaluations():
+        verdict = "passed" if ev.passed else f"FAILED ({ev.severity.value})"
+        lines.append(f"gate {ev.check_name}: {verdict}" + (f": {ev.description}" if ev.description else ""))
+    lines += [
+        "look at it: `make dev`, then http://127.0.0.1:3000/assets/evaluation_report (pictures inline)",
+        f"MLflow: .venv/bin/mlflow ui --backend-store-uri {tracking_uri}  (http://127.0.0.1:5000)",
+    ]
+    return lines
+
+
+def pipeline(through: str, epochs: int | None, budget_minutes: float | None = None) -> None:
     from mlsd_assets.definitions import defs
 
     instance = dg.DagsterInstance.get()
@@ -73,8 +105,12 @@ def pipeline(through: str, epochs: int | None) -> None:
     if stop >= ORDER.index("cifar10_split"):
         _execute(defs, instance, split_job.name)
     if stop >= ORDER.index("cifar10_model"):
-        run_config = {"ops": {"cifar10_model": {"config": {"epochs": epochs}}}} if epochs else None
-        _execute(defs, instance, training_job.name, assets=ORDER[2 : stop + 1], run_config=run_config)
+        model_config = {"epochs": epochs} if epochs else {}
+        if budget_minutes is not None:
+            model_config["time_budget_minutes"] = budget_minutes
+        run_config = {"ops": {"cifar10_model": {"config": model_config}}} if model_config else None
+        result = _execute(defs, instance, training_job.name, assets=ORDER[2 : stop + 1], run_config=run_config)
+        print("\n".join(summary(result, load_settings().mlflow_tracking_uri)), flush=True)
     print(f"done through {through}; browse the runs with `make dev` (DAGSTER_HOME={instance.root_directory})")
 
 
@@ -89,14 +125,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("pipeline", help="run the pipeline end to end (ingest, split, train, evaluate)")
     run.add_argument("--through", choices=ORDER, default=ORDER[-1], help="stop after this asset")
-    run.add_argument("--epochs", type=int, default=None, help="override cifar10_model's epochs")
+    run.add_argument(
+        "--epochs", type=int, default=None, help="override cifar10_model's epochs (the time budget is then ignored)"
+    )
+    run.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=None,
+        help="cifar10_model's training time budget (default: its config's time_budget_minutes)",
+    )
     commands.add_parser("register-batches", help="register the official batches as raw_cifar10 partitions")
     args = parser.parse_args(argv)
     if args.command == "pipeline" and argv is None:
         reexec_with_jemalloc()  # training runs in this process: give it an allocator that keeps its pages
     try:
         if args.command == "pipeline":
-            pipeline(args.through, args.epochs)
+            pipeline(args.through, args.epochs, args.budget_minutes)
         else:
             register_batches()
     except PipelineFailed as exc:

@@ -58,3 +58,13 @@ def test_pipeline_failure_names_the_step(mlsd_home: Path, tmp_path: Path) -> Non
     message = out.stderr.strip().splitlines()[-1]
     assert message.startswith("pipeline failed: ingestion_job [data_batch_1]")
     assert "step raw_cifar10:" in message and "missing.tar.gz" in message
+
+
+def test_pipeline_with_a_time_budget_ends_with_a_summary(mlsd_home: Path, cifar_tarball: Path) -> None:
+    shutil.copy(REPO / "dagster.yaml", mlsd_home / "dagster" / "dagster.yaml")
+    out = _cli("pipeline", "--through", "cifar10_onnx", "--budget-minutes", "0.25", source=cifar_tarball)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "throughput probe:" in out.stderr and "time budget 0.2 min" in out.stderr
+    summary = out.stdout.split("==== summary ====", 1)[1]
+    assert "model: validation accuracy" in summary and "budget 0.25 min" in summary
+    assert "make dev" in summary and f"mlflow ui --backend-store-uri sqlite:///{mlsd_home}" in summary

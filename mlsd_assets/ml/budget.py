@@ -15,6 +15,7 @@ from torch import nn
 
 from mlsd_assets.ml.env_info import cpu_info
 from mlsd_assets.ml.train import (
+    BUDGET_RESERVE,
     TrainConfig,
     _on,
     _optimizers,
@@ -22,12 +23,10 @@ from mlsd_assets.ml.train import (
     pick_device,
     prepare_model,
     resolve_precision,
+    steps_that_fit,
     train_batches,
     train_step,
 )
-
-# Left unplanned for what the estimate cannot see (final fp32 evaluation, copies, a noisy neighbour).
-RESERVE_FRACTION = 0.03
 
 
 @dataclass(frozen=True)
@@ -121,28 +120,22 @@ def plan_budget(
     batch_size: int,
 ) -> BudgetPlan:
     """The most steps whose estimated time (probe already spent + steps + one validation pass per epoch +
-    the final one) fits the budget, less a small reserve. At least one step."""
+    the final one) fits the budget, less a small reserve. At least one step. Training re-sizes this after
+    every epoch from the speed it then measures (`train(time_budget_s=...)`)."""
     if budget_seconds <= 0:
         raise ValueError(f"time budget: must be > 0 seconds, got {budget_seconds}")
     steps_per_epoch = max(1, train_count // batch_size)  # as TrainBatches(drop_last=True) counts them
     step_s = batch_size / throughput.train_images_per_second
     eval_s = val_count / throughput.eval_images_per_second
-    available = budget_seconds * (1 - RESERVE_FRACTION) - throughput.seconds - eval_s  # final evaluation
-
-    def cost(steps: int) -> float:
-        return steps * step_s + math.ceil(steps / steps_per_epoch) * eval_s
-
-    steps = max(1, int(available / (step_s + eval_s / steps_per_epoch)))
-    while steps > 1 and cost(steps) > available:
-        steps -= 1
-    while cost(steps + 1) <= available:
-        steps += 1
+    available = budget_seconds * (1 - BUDGET_RESERVE) - throughput.seconds
+    steps = steps_that_fit(available, step_s, eval_s, steps_per_epoch)
+    epochs = math.ceil(steps / steps_per_epoch)
     return BudgetPlan(
         budget_seconds=budget_seconds,
         steps=steps,
         steps_per_epoch=steps_per_epoch,
-        epochs=math.ceil(steps / steps_per_epoch),
-        expected_seconds=throughput.seconds + cost(steps) + eval_s,
+        epochs=epochs,
+        expected_seconds=throughput.seconds + steps * step_s + (epochs + 1) * eval_s,
     )
 
 

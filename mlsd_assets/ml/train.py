@@ -293,6 +293,24 @@ def total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
     return min(config.max_steps, full) if config.max_steps else full
 
 
+BUDGET_RESERVE = 0.03  # of a time budget, left for what the estimates miss (copies, a noisy neighbour)
+
+
+def steps_that_fit(seconds: float, step_seconds: float, eval_seconds: float, steps_per_epoch: int) -> int:
+    """The most steps (at least one) whose training, one validation pass per started epoch and the final
+    evaluation take at most `seconds`."""
+
+    def cost(steps: int) -> float:
+        return steps * step_seconds + (math.ceil(steps / steps_per_epoch) + 1) * eval_seconds
+
+    steps = max(1, int((seconds - eval_seconds) / (step_seconds + eval_seconds / steps_per_epoch)))
+    while steps > 1 and cost(steps) > seconds:
+        steps -= 1
+    while cost(steps + 1) <= seconds:
+        steps += 1
+    return steps
+
+
 class _Progress:
     """A log line at least every `every` seconds: step, images/s over the window, ETA of the epoch and run."""
 
@@ -393,11 +411,15 @@ def train(
     device: torch.device | None = None,
     select: Literal["best", "last"] = "best",
     progress_every: float = 20.0,
+    time_budget_s: float | None = None,
 ) -> TrainResult:
     """Train `config.epochs` epochs (continuing from `checkpoint_dir` if it holds a matching run); the epoch
     with the best validation accuracy is returned (`select="last"`: the final one, for benchmarks that pass
     the test set as validation). The asset never passes the test split in here. A progress line is logged at
-    least every `progress_every` seconds (while steps finish)."""
+    least every `progress_every` seconds (while steps finish). With `time_budget_s`, after every epoch the
+    remaining steps (and the lr schedule's horizon) are re-sized from the speed just measured, so that
+    training ends within that many seconds of this call even when the machine gets slower or faster."""
+    started = time.perf_counter()
     device = device or pick_device()
     if config.threads > 0:
         torch.set_num_threads(config.threads)
@@ -436,6 +458,8 @@ def train(
         history = [EpochStats(**h) for h in state["history"]]
         best = state["best"]
         start_epoch = state["epoch"]
+        total = state.get("total_steps", total)
+        epochs = math.ceil(total / steps_per_epoch)
         extra = {**state.get("extra", {}), **extra}
         logger.info(f"resuming from checkpoint {checkpoint_dir} after epoch {start_epoch}/{epochs}")
 
@@ -486,6 +510,14 @@ def train(
             eta_seconds=epoch_seconds * (epochs - epoch - 1),
         )
         history.append(stats)
+        if time_budget_s is not None and (epoch + 1) * steps_per_epoch < total:
+            done = (epoch + 1) * steps_per_epoch
+            left = time_budget_s * (1 - BUDGET_RESERVE) - (time.perf_counter() - started)
+            step_s = train_seconds / max(seen / config.batch_size, 1)
+            total = done + steps_that_fit(left, step_s, epoch_seconds - train_seconds, steps_per_epoch)
+            epochs = math.ceil(total / steps_per_epoch)
+            progress.total, progress.epochs = total, epochs
+            logger.info(f"time budget: {left:.0f}s left, re-sized to {total} steps ({epochs} epochs)")
         if stats.val_accuracy > best["accuracy"]:
             best = {"epoch": epoch + 1, "accuracy": stats.val_accuracy, "state": _cpu_state(model)}
         if checkpoint_dir is not None:
@@ -494,6 +526,7 @@ def train(
                 {
                     "config": config.hyperparameters(),
                     "epoch": epoch + 1,
+                    "total_steps": total,
                     "model": model.state_dict(),
                     "optimizers": [opt.state_dict() for opt in optimizers],
                     "lookahead": lookahead.ema if lookahead else None,

@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import shutil
+import time
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -116,6 +117,7 @@ def cifar10_model(
 
     try:
         with tracking.system_metrics(mlflow, run_id):
+            started = time.perf_counter()
             train_config = sized_config(context, base_config, budget_s, previous, cifar10_split, mlflow, run_id)
             tracking.log_setup(mlflow, run_id, train_config, cifar10_split, environment())
             tracking.log_dataset(mlflow, run_id, cifar10_split, split_source(context))
@@ -131,6 +133,8 @@ def cifar10_model(
                 checkpoint_dir=ckpt_dir,
                 on_epoch=on_epoch,
                 checkpoint_extra={"mlflow_run_id": run_id},
+                # re-sized after each epoch to end on time; a resumed run keeps its checkpoint's plan
+                time_budget_s=budget_s - (time.perf_counter() - started) if budget_s and not previous else None,
             )
         title = f"{train_config.architecture} on dataset {cifar10_split.content_hash[:12]}"
         out_dir = paths.reports_dir / "training" / run_id
