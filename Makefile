@@ -32,7 +32,7 @@ engine:
 
 # `system` first: a machine that cannot run the last steps stops before the venv and the training.
 pipeline: system setup dagster-home
-	$(BIN)/python -m mlsd_assets pipeline
+	$(BIN)/python -m mlsd_assets pipeline $(PIPELINE_ARGS)
 
 # Run workers inherit jemalloc (when installed) from here: CPU training steps stop page-faulting.
 dev: setup dagster-home

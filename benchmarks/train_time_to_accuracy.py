@@ -1,8 +1,13 @@
 """Time to accuracy on real CIFAR-10: train on the 50k train images, report test accuracy after every epoch.
 
-    .venv/bin/python benchmarks/train_time_to_accuracy.py --preset fast        # default airbench config
+    .venv/bin/python benchmarks/train_time_to_accuracy.py --preset fast        # default, beside the reference
     .venv/bin/python benchmarks/train_time_to_accuracy.py --preset long
-    .venv/bin/python benchmarks/train_time_to_accuracy.py --preset vgg11       # seed-parity recipe, 1 epoch
+    .venv/bin/python benchmarks/train_time_to_accuracy.py --preset vgg11 --reference none   # 1 epoch, alone
+
+With `--reference sgd` (the default: airbench94's recipe) the reference trains first, then the preset, in this
+process, on the same data, precision, threads and machine; the last line is the ratio of training times
+(time for the preset to first reach the reference's final test accuracy, at epoch granularity / the
+reference's time): below 1 is faster than the reference.
 
 Training time counts optimisation only (the per-epoch test pass is timed apart); the test set is used for
 reporting only, and the final epoch's model is the one measured (no selection on test).
@@ -37,23 +42,20 @@ def load_official(path: Path, cache: Path, log: logging.Logger) -> dict[str, tup
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/mlsd-bench"))
     parser.add_argument("--preset", default="fast", help="a recipe of mlsd_assets.ml.train.RECIPES")
+    parser.add_argument(
+        "--reference", default="sgd", help="recipe to compare against in the same run ('none': only --preset)"
+    )
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float)
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"))
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument(
-        "--limit-train", type=int, default=0, help="use only the first N train images (smoke)"
-    )
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="FIELD=VALUE", help="any TrainConfig field"
-    )
+    parser.add_argument("--limit-train", type=int, default=0, help="use only the first N train images (smoke)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="any TrainConfig field")
     args = parser.parse_args()
 
     if not args.data.exists():
@@ -85,7 +87,7 @@ def main() -> int:
             overrides[key] = tuple(type(default[0])(v) for v in value.split(","))
         else:
             overrides[key] = type(default)(value)
-    config = recipe_config(args.preset, threads=args.threads, **overrides)
+    from mlsd_assets.ml.env_info import cpu_info
 
     t0 = time.perf_counter()
     data = load_official(args.data, args.cache, log)
@@ -97,38 +99,60 @@ def main() -> int:
     std = tuple(float(v) for v in (x_train / 255.0).std(axis=(0, 1, 2)))
     load_s = time.perf_counter() - t0
 
+    cpu = cpu_info()
     load = os.getloadavg()
     print(
-        f"nproc={os.cpu_count()} threads={args.threads} allocator={active_allocator()}"
+        f"cpu={cpu['cpu.model']!r} flags={cpu['cpu.flags']!r} torch_capability={cpu['cpu.capability']}"
+        f" nproc={os.cpu_count()} threads={args.threads} allocator={active_allocator()}"
         f" loadavg={load[0]:.2f},{load[1]:.2f},{load[2]:.2f}"
     )
-    print(
-        f"torch={torch.__version__} data: {len(x_train)} train / {len(x_test)} test, loaded in {load_s:.1f}s"
-    )
-    print(f"config: {config.hyperparameters()}")
+    print(f"torch={torch.__version__} data: {len(x_train)} train / {len(x_test)} test, loaded in {load_s:.1f}s")
 
-    cumulative = {"train": 0.0}
+    def run(preset: str) -> tuple[list[tuple[float, float]], float, str]:
+        """(cumulative training seconds, test accuracy) after each epoch; final accuracy; precision."""
+        config = recipe_config(preset, threads=args.threads, **overrides)
+        print(f"config {preset}: {config.hyperparameters()}")
+        curve: list[tuple[float, float]] = []
 
-    def on_epoch(stats) -> None:  # type: ignore[no-untyped-def]
-        cumulative["train"] += stats.train_seconds
+        def on_epoch(stats) -> None:  # type: ignore[no-untyped-def]
+            curve.append(((curve[-1][0] if curve else 0.0) + stats.train_seconds, stats.val_accuracy))
+            print(
+                f"{preset} epoch {stats.epoch:>2}/{stats.epochs}  test_acc {stats.val_accuracy:.4f}"
+                f"  train_loss {stats.train_loss:.4f}  train_s {stats.train_seconds:6.1f}"
+                f"  cum_train_s {curve[-1][0]:7.1f}  images/s {stats.images_per_second:6.0f}"
+                f"  eval_s {stats.epoch_seconds - stats.train_seconds:5.1f}",
+                flush=True,
+            )
+
+        wall = time.perf_counter()
+        result = train(x_train, y_train, x_test, y_test, mean, std, config, log, on_epoch=on_epoch, select="last")
+        wall = time.perf_counter() - wall
+        images = sum(len(y_train) // config.batch_size * config.batch_size for _ in result.history)
+        accuracy = result.validation["accuracy"]
         print(
-            f"epoch {stats.epoch:>2}/{stats.epochs}  test_acc {stats.val_accuracy:.4f}"
-            f"  train_loss {stats.train_loss:.4f}  train_s {stats.train_seconds:6.1f}"
-            f"  cum_train_s {cumulative['train']:7.1f}  images/s {stats.images_per_second:6.0f}"
-            f"  eval_s {stats.epoch_seconds - stats.train_seconds:5.1f}",
+            f"RESULT preset={preset} arch={config.architecture} epochs={config.epochs}"
+            f" precision={result.precision}"
+            f" final_test_acc(fp32{', flip-TTA' if config.flip_tta else ''})={accuracy:.4f}"
+            f" train_s={curve[-1][0]:.1f} wall_s={wall:.1f} images/s={images / curve[-1][0]:.0f}"
+            f" loadavg_end={os.getloadavg()[0]:.2f}",
             flush=True,
         )
+        return curve, accuracy, result.precision
 
-    wall = time.perf_counter()
-    result = train(x_train, y_train, x_test, y_test, mean, std, config, log, on_epoch=on_epoch, select="last")
-    wall = time.perf_counter() - wall
-    images = sum(len(y_train) // config.batch_size * config.batch_size for _ in result.history)
+    if args.reference == "none":
+        run(args.preset)
+        return 0
+    ref_curve, ref_accuracy, precision = run(args.reference)
+    curve, accuracy, _ = run(args.preset)
+    ref_seconds = ref_curve[-1][0]
+    reached = next((seconds for seconds, acc in curve if acc >= ref_accuracy), None)
+    ratio = f"{reached / ref_seconds:.2f}" if reached is not None else "not reached"
     print(
-        f"RESULT preset={args.preset} arch={config.architecture} epochs={config.epochs}"
-        f" precision={result.precision}"
-        f" final_test_acc(fp32{', flip-TTA' if config.flip_tta else ''})={result.validation['accuracy']:.4f}"
-        f" train_s={cumulative['train']:.1f} wall_s={wall:.1f} images/s={images / cumulative['train']:.0f}"
-        f" loadavg_end={os.getloadavg()[0]:.2f}"
+        f"RATIO preset={args.preset} reference={args.reference} precision={precision}"
+        f" reference_final_test_acc={ref_accuracy:.4f} reference_train_s={ref_seconds:.1f}"
+        f" preset_time_to_it_s={reached if reached is None else round(reached, 1)}"
+        f" preset_final_test_acc={accuracy:.4f} ratio={ratio}"
+        f" cpu={cpu['cpu.model']!r} flags={cpu['cpu.flags']!r}"
     )
     return 0
 

@@ -410,7 +410,7 @@ def train(
     checkpoint_extra: dict[str, Any] | None = None,
     device: torch.device | None = None,
     select: Literal["best", "last"] = "best",
-    progress_every: float = 20.0,
+    progress_every: float = 15.0,
     time_budget_s: float | None = None,
 ) -> TrainResult:
     """Train `config.epochs` epochs (continuing from `checkpoint_dir` if it holds a matching run); the epoch
