@@ -183,6 +183,7 @@ class TrainResult:
     train_seconds: float
     precision: str
     extra: dict[str, Any] = field(default_factory=dict)
+    steps: int = 0  # optimizer steps in all (a time budget may re-size them while training)
 
 
 def pick_device() -> torch.device:
@@ -552,6 +553,7 @@ def train(
         train_seconds=seconds,
         precision=precision,
         extra=extra,
+        steps=total,
     )
 
 

@@ -108,7 +108,11 @@ def log_result(tracking: MLflowTracking, run_id: str, result: TrainResult, curve
 
     client = tracking.client()
     final = {f"final_val_{k}": v for k, v in result.validation.items() if k != "count"}
-    final |= {"best_epoch": float(result.best_epoch), "train_seconds": result.train_seconds}
+    final |= {
+        "best_epoch": float(result.best_epoch),
+        "train_seconds": result.train_seconds,
+        "train_steps": result.steps,
+    }
     for key, value in final.items():
         client.log_metric(run_id, key, float(value))
     if curves is not None:
