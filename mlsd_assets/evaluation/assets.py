@@ -75,11 +75,15 @@ def evaluation_report(
         image_labels = client.images.get(inference_server_image.image_id).labels or {}
         _check_image_serves(inference_server_image, cifar10_onnx, model_sha256, image_labels)
         name = f"mlsd-eval-{context.run.run_id[:8]}-{uuid.uuid4().hex[:6]}"
-        server = running_container(client, inference_server_image.image_id, name, context.log, config.health_timeout_s)
+        server = running_container(
+            client, inference_server_image.image_id, name, context.log, config.health_timeout_s
+        )
     else:
         model_path = out_dir / "model.onnx"
         model_path.write_bytes(cifar10_onnx.model_bytes)
-        server = running_local_process(model_path, out_dir / "server.log", context.log, config.health_timeout_s)
+        server = running_local_process(
+            model_path, out_dir / "server.log", context.log, config.health_timeout_s
+        )
     with server as running:
         measured = measure_server(running.base_url, images, expected, config.batch_size, single, context.log)
 
