@@ -69,9 +69,11 @@ def measure_throughput(
     logger: logging.Logger,
     steps: int = 3,
     device: torch.device | None = None,
+    max_seconds: float = 15.0,
 ) -> Throughput:
-    """Time `steps` real training steps (after one warm-up step) on a throwaway copy of the model, and one
-    validation batch; the loader, precision, threads and memory layout are the ones training will use."""
+    """Time `steps` real training steps (fewer once `max_seconds` have passed; after one warm-up step) on a
+    throwaway copy of the model, and one validation batch; the loader, precision, threads and memory layout
+    are the ones training will use."""
     start = time.perf_counter()
     device = device or pick_device()
     if config.threads > 0:
@@ -90,6 +92,8 @@ def measure_throughput(
             timed_from = time.perf_counter()
         train_step(model, optimizers, loss_fn, x, y, precision)
         images += len(y) if n else 0
+        if n and time.perf_counter() - timed_from >= max_seconds:
+            break  # a slow machine: one timed step is enough, the budget is better spent training
     train_ips = images / (time.perf_counter() - timed_from)
     sample = val_images[: min(len(val_images), max(config.eval_batch_size, 1))]
     t_eval = time.perf_counter()
