@@ -467,7 +467,8 @@ def train(
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     seconds = sum(h.epoch_seconds for h in history)
     progress = _Progress(logger, progress_every, total, epochs)
-    for epoch in range(start_epoch, epochs):
+    epoch = start_epoch - 1
+    while (epoch := epoch + 1) < epochs:  # a time budget may change `epochs` as training goes
         t0 = time.perf_counter()
         if isinstance(model.net, AirbenchNet):
             model.net.whiten.bias.requires_grad_(epoch < config.whiten_bias_epochs)

@@ -51,7 +51,7 @@ def test_budgeted_config_sets_the_schedule_horizon() -> None:
 
 
 def test_tiny_budget_is_met_within_ten_percent(caplog: pytest.LogCaptureFixture) -> None:
-    split = make_split(1200, 200, 20)
+    split = make_split(600, 100, 20)  # short epochs: training re-sizes itself several times
     x, y = split.arrays("train")
     xv, yv = split.arrays("validation")
     config = recipe_config("fast", **{**TINY, "threads": 1})  # one thread: least hurt by busy neighbours
@@ -61,7 +61,7 @@ def test_tiny_budget_is_met_within_ten_percent(caplog: pytest.LogCaptureFixture)
     assert probe.train_images_per_second > 0 and probe.eval_images_per_second > 0
     assert probe.precision == "fp32" and probe.cpu_model
     plan = plan_budget(budget, probe, len(x), len(xv), config.batch_size)
-    assert plan.steps >= plan.steps_per_epoch  # enough work that the check means something
+    assert plan.steps >= 5  # enough work that the check means something
     with caplog.at_level(logging.INFO, logger="test"):
         result = train(
             *(x, y, xv, yv, split.mean, split.std, budgeted(config, plan), LOG),
@@ -69,7 +69,7 @@ def test_tiny_budget_is_met_within_ten_percent(caplog: pytest.LogCaptureFixture)
             time_budget_s=budget - (time.perf_counter() - start),
         )
     elapsed = time.perf_counter() - start
-    assert len(result.history) >= 2
+    assert result.steps >= 5 and len(result.history) == -(-result.steps // plan.steps_per_epoch)
     assert abs(elapsed - budget) <= 0.1 * budget, (elapsed, plan)
     progress = [r.getMessage() for r in caplog.records if "run ETA" in r.getMessage()]
     assert len(progress) >= 5, progress  # one a second, as asked (the asset logs one every 20 s)
