@@ -214,8 +214,8 @@ def main() -> None:
         ("alone", base_infer, base_health, base_errors),
         ("under the hostile mix", hostile_infer, hostile_health, hostile_errors),
     ):
-        ip50, ip99 = percentiles_ms(infer_s)
-        hp50, hp99 = percentiles_ms(health_s)
+        ip50, ip99 = percentiles_ms(infer_s) if infer_s else (float("nan"),) * 2
+        hp50, hp99 = percentiles_ms(health_s) if health_s else (float("nan"),) * 2
         print(
             f"normal client {label}: {len(infer_s)} infer p50 {ip50:.2f} ms p99 {ip99:.2f} ms; "
             f"health p50 {hp50:.2f} ms p99 {hp99:.2f} ms; {errors} errors"

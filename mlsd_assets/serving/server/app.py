@@ -24,6 +24,9 @@ JSON_TYPE = "application/json"
 HEADER_LENGTH = "inference-header-content-length"
 OFFLOAD_BYTES = 64 * 1024  # bodies above this are parsed on a thread, not on the event loop
 PREALLOCATE_BYTES = 256 * 1024  # bodies above this are read into one buffer of the declared size
+# Declared bodies up to this size skip the in-flight budget, so stalled big uploads cannot starve single-image
+# requests; they are bounded by the connection limit instead (512 x 64 KiB = 32 MiB).
+SMALL_BODY_BYTES = 64 * 1024
 
 
 class ByteBudget:
@@ -57,8 +60,9 @@ async def _read_body(request: Request, limits: Limits, budget: ByteBudget, held:
             raise InputError(400, f"invalid Content-Length {declared!r}")
         if int(declared) > limits.max_body_bytes:
             raise InputError(413, f"body of {declared} bytes exceeds the limit of {limits.max_body_bytes} bytes")
-        budget.take(int(declared))
-        held[0] = int(declared)
+        if int(declared) > SMALL_BODY_BYTES:
+            budget.take(int(declared))
+            held[0] = int(declared)
     buffer = bytearray(int(declared)) if declared is not None and int(declared) > PREALLOCATE_BYTES else None
     chunks: list[bytes] = []
     size = 0
