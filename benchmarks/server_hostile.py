@@ -64,7 +64,7 @@ async def _exchange(
         writer.close()
 
 
-async def _attack(port: int, name: str, duration: float, heavy: bytes, results: dict) -> None:
+async def _attack(port: int, name: str, duration: float, heavy: bytes, results: dict, mix: str) -> None:
     deadline = time.monotonic() + duration
     infer = f"/v2/models/{name}/infer"
     stalled_body = bytes(16 * MiB - 2)
@@ -112,23 +112,29 @@ async def _attack(port: int, name: str, duration: float, heavy: bytes, results: 
                 outcomes["heavy"][str(exc)[:30]] += 1
                 await asyncio.sleep(0.05)
 
-    tasks = [loop("stalled", stalled) for _ in range(100)]
-    tasks += [loop("headers", headers) for _ in range(4)]
-    tasks += [loop("deep_json", deep_json) for _ in range(2)]
-    tasks += [loop("disconnect", disconnect) for _ in range(2)]
-    tasks.append(heavy_client())
+    tasks = []
+    if mix in ("all", "stalled"):
+        tasks += [loop("stalled", stalled) for _ in range(100)]
+    if mix in ("all", "headers"):
+        tasks += [loop("headers", headers) for _ in range(4)]
+    if mix in ("all", "deep_json"):
+        tasks += [loop("deep_json", deep_json) for _ in range(2)]
+    if mix in ("all", "disconnect"):
+        tasks += [loop("disconnect", disconnect) for _ in range(2)]
+    if mix in ("all", "heavy"):
+        tasks.append(heavy_client())
     await asyncio.gather(*tasks, return_exceptions=True)
     results.update({k: dict(v) for k, v in outcomes.items()})
 
 
-def attacker(port: int, name: str, duration: float, heavy: bytes, results: dict) -> None:
+def attacker(port: int, name: str, duration: float, heavy: bytes, results: dict, mix: str) -> None:
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(_attack(port, name, duration, heavy, results))
+    asyncio.run(_attack(port, name, duration, heavy, results, mix))
 
 
 def _http(sock: socket.socket, request: bytes) -> bytes:
@@ -183,6 +189,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of the attack")
     parser.add_argument("--baseline", type=float, default=5.0, help="seconds of the normal client alone")
+    parser.add_argument(
+        "--mix",
+        default="all",
+        choices=("all", "stalled", "headers", "deep_json", "disconnect", "heavy"),
+        help="all attackers at once (default), or one kind alone",
+    )
     parser.add_argument("--base-image", default="mlsd/python-base:bookworm")
     parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "out" / "server_hostile")
     args = parser.parse_args()
@@ -197,7 +209,10 @@ def main() -> None:
     image_id, _ = build_server_image(model_path, args.work, args.base_image, "mlsd/cifar10-server:hostile")
     singles = [infer_request(name, images[i : i + 1]) for i in range(256)]
     heavy = infer_request(name, images)
-    print(f"CPU: {cpu_name()}; model {args.model or args.untrained + ' (untrained)'}; server defaults")
+    print(
+        f"CPU: {cpu_name()}; model {args.model or args.untrained + ' (untrained)'}; server defaults; "
+        f"hostile mix: {args.mix}"
+    )
     with server_container(image_id, 0, True) as (port, container):
         peak, stop = [0], threading.Event()
         watcher = threading.Thread(target=memory_watch, args=(container, stop, peak), daemon=True)
@@ -206,7 +221,9 @@ def main() -> None:
         idle_peak = peak[0]
         with multiprocessing.Manager() as manager:
             results = manager.dict()
-            attack = multiprocessing.Process(target=attacker, args=(port, name, args.duration, heavy, results))
+            attack = multiprocessing.Process(
+                target=attacker, args=(port, name, args.duration, heavy, results, args.mix)
+            )
             attack.start()
             time.sleep(1.0)
             hostile_infer, hostile_health, hostile_errors = normal_client(port, singles, args.duration - 2)
