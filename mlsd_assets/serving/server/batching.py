@@ -25,7 +25,7 @@ class BatchingConfig:
     """`enabled=False`: one ORT call per request chunk (no coalescing), still off the event loop."""
 
     enabled: bool = True
-    max_batch_size: int = 64
+    max_batch_size: int = 16  # per ORT call; also the chunk size of big requests (the longest a small one waits)
     max_queue_delay_us: int = 0  # 0: take what is queued when the worker is free (batches form under load)
 
 
