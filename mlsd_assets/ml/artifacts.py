@@ -6,6 +6,7 @@ location, so torch and onnx are imported only inside the methods that need them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from mlsd_assets.ml.models import InferenceModel
 
 META_PREFIX = "mlsd."
+SERVING_PREFIX = f"{META_PREFIX}serving."
+REFERENCE_SHA_KEY = f"{SERVING_PREFIX}reference_sha256"
 
 
 @dataclass(frozen=True)
@@ -94,18 +97,24 @@ class TrainedModel:
             self.std,
             flip_tta=bool(self.hyperparameters.get("flip_tta", False)),
         )
-        model.load_state_dict(
-            torch.load(io.BytesIO(self.state_dict_bytes), map_location="cpu", weights_only=True)
-        )
+        model.load_state_dict(torch.load(io.BytesIO(self.state_dict_bytes), map_location="cpu", weights_only=True))
         return model.eval()
 
 
 @dataclass(frozen=True)
 class OnnxModel:
-    """The ONNX file itself; `metadata` is its metadata_props (the `mlsd.*` serving contract)."""
+    """The served ONNX file (`model_bytes`, what the image carries) and the fp32 export it was derived from.
+
+    `metadata` is the served file's metadata_props (the `mlsd.*` serving contract). `reference_bytes` is the
+    fp32 graph the torch parity check runs on; it is stored beside the served file as
+    `<stem>.reference-<sha256[:16]>.onnx`, named by the hash the served file records, so a failed write never
+    pairs a served file with the wrong reference. Files written before variants existed have no reference:
+    the served file is then the fp32 graph itself.
+    """
 
     model_bytes: bytes
     metadata: dict[str, str]
+    reference_bytes: bytes | None = None
 
     suffix: ClassVar[str] = ".onnx"
 
@@ -125,14 +134,49 @@ class OnnxModel:
     def classes(self) -> list[str]:
         return json.loads(self.metadata[f"{META_PREFIX}classes"])
 
+    @property
+    def fp32_bytes(self) -> bytes:
+        """The fp32 export (torch parity applies to it): the reference, or the served file when it has none."""
+        return self.reference_bytes if self.reference_bytes is not None else self.model_bytes
+
+    @property
+    def served_variant(self) -> str:
+        """Which variant `model_bytes` is (`fp32_tta`, `int8`, ...); `unrecorded` for files from before variants."""
+        return self.metadata.get(f"{SERVING_PREFIX}variant", "unrecorded")
+
+    @staticmethod
+    def reference_path(path: Path, sha256: str) -> Path:
+        return path.with_name(f"{path.stem}.reference-{sha256[:16]}{path.suffix}")
+
     def save(self, path: Path) -> None:
+        keep = None
+        if self.reference_bytes is not None:
+            sha = self.metadata.get(REFERENCE_SHA_KEY)
+            if sha != hashlib.sha256(self.reference_bytes).hexdigest():
+                raise ValueError(f"{path}: metadata {REFERENCE_SHA_KEY} does not match the reference graph")
+            keep = self.reference_path(path, sha)
+            with atomic_path(keep) as tmp:
+                tmp.write_bytes(self.reference_bytes)
         with atomic_path(path) as tmp:
             tmp.write_bytes(self.model_bytes)
+        for old in path.parent.glob(f"{path.stem}.reference-*{path.suffix}"):
+            if old != keep:
+                old.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: Path) -> OnnxModel:
         data = path.read_bytes()
-        return cls(model_bytes=data, metadata=read_onnx_metadata(data))
+        metadata = read_onnx_metadata(data)
+        sha = metadata.get(REFERENCE_SHA_KEY)
+        if sha is None:
+            return cls(model_bytes=data, metadata=metadata)
+        ref_path = cls.reference_path(path, sha)
+        if not ref_path.exists():
+            raise FileNotFoundError(f"{path}: its fp32 reference graph {ref_path.name} is missing")
+        reference = ref_path.read_bytes()
+        if hashlib.sha256(reference).hexdigest() != sha:
+            raise ValueError(f"{ref_path}: sha256 differs from {REFERENCE_SHA_KEY} recorded in {path.name}")
+        return cls(model_bytes=data, metadata=metadata, reference_bytes=reference)
 
 
 def read_onnx_metadata(model_bytes: bytes) -> dict[str, str]:

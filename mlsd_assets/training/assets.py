@@ -5,7 +5,7 @@ import io
 import json
 import shutil
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import dagster as dg
 
@@ -19,6 +19,7 @@ from mlsd_assets.training.config import ModelConfig
 from mlsd_assets.training.resources import DAGSTER_RUN_TAG, MLflowTracking
 
 if TYPE_CHECKING:
+    from mlsd_assets.ml.serving_graph import Choice
     from mlsd_assets.ml.train import EpochStats, TrainConfig
 
 
@@ -213,27 +214,62 @@ def onnx_metadata(model: TrainedModel, opset: int) -> dict[str, str]:
     return {f"{META_PREFIX}{k}": v for k, v in values.items()}
 
 
-@dg.asset(group_name="training", kinds={"onnx"})
-def cifar10_onnx(context: dg.AssetExecutionContext, cifar10_model: TrainedModel, mlflow: MLflowTracking) -> OnnxModel:
-    """Raw uint8 NHWC pixels in, float32 logits out; preprocessing is inside the graph so no server
-    can normalise wrongly. Parity with PyTorch is the blocking check `check_cifar10_onnx_parity`."""
-    import tempfile
-    from pathlib import Path
+class OnnxConfig(dg.Config):
+    """How the served graph is chosen: every listed variant is measured on validation, and the fastest within
+    `max_accuracy_drop_pt` points of the most accurate is served (see mlsd_assets/ml/serving_graph.py)."""
 
-    from mlsd_assets.ml.export import INPUT_NAME, OPSET, OUTPUT_NAME, export_onnx
+    variants: list[str] = ["fp32_tta", "fp32", "ort_tta", "ort", "int8_tta", "int8"]
+    max_accuracy_drop_pt: float = 0.3
+    calibration_images: int = 512  # train images for int8 calibration
+    calibration_method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    threads: int = 1  # ORT intra-op threads for the latency figures (the server's default)
+    latency_runs: int = 500  # single-image calls per variant
+
+
+@dg.asset(group_name="training", kinds={"onnx"})
+def cifar10_onnx(
+    context: dg.AssetExecutionContext,
+    config: OnnxConfig,
+    cifar10_model: TrainedModel,
+    cifar10_split: Cifar10Split,
+    mlflow: MLflowTracking,
+) -> OnnxModel:
+    """Raw uint8 NHWC pixels in, float32 logits out; preprocessing is inside the graph so no server
+    can normalise wrongly. The fp32 export is the reference (`check_cifar10_onnx_parity` holds it to PyTorch);
+    the served file is the variant chosen by measurement on validation (`check_cifar10_onnx_served_agreement`)."""
+    from mlsd_assets.ml.export import INPUT_NAME, OPSET, OUTPUT_NAME
+    from mlsd_assets.ml.serving_graph import Selection, select_served_graph
 
     metadata = onnx_metadata(cifar10_model, OPSET)
-    data = export_onnx(cifar10_model.inference_model(), metadata, context.log)
-    with tempfile.TemporaryDirectory(prefix="mlsd-onnx-") as tmp:
-        path = Path(tmp) / "cifar10.onnx"
-        path.write_bytes(data)
-        mlflow.client().log_artifact(cifar10_model.mlflow_run_id, str(path), artifact_path="onnx")
+    trained_tta = bool(cifar10_model.hyperparameters.get("flip_tta", False))
+    fp32, fp32_tta = _export_both(cifar10_model, metadata, context.log)
+    x_val, y_val = cifar10_split.arrays("validation")
+    selection = Selection(**config.model_dump() | {"variants": tuple(config.variants)})
+    model, choice = select_served_graph(
+        fp32,
+        fp32_tta,
+        trained_tta,
+        metadata,
+        cifar10_split.arrays("train")[0],
+        x_val,
+        y_val,
+        selection,
+        context.log,
+    )
+    _log_served_graph(mlflow, cifar10_model.mlflow_run_id, model, choice)
     context.add_output_metadata(
         {
             "opset": OPSET,
-            "size_bytes": len(data),
+            "size_bytes": len(model.model_bytes),
             "input": f"{INPUT_NAME}: uint8 [batch, 32, 32, 3] NHWC",
             "output": f"{OUTPUT_NAME}: float32 [batch, 10]",
+            "served_variant": choice.served,
+            "served_val_accuracy": choice.served_figures.accuracy,
+            "served_agreement_with_fp32": choice.served_figures.agreement,
+            "served_p50_ms": round(choice.served_figures.p50_ms, 4),
+            "accuracy_drop_pt": choice.accuracy_drop_pt,
+            "selection_rule": choice.rule(),
+            "variants": dg.MetadataValue.md(choice.markdown()),
             "mean": dg.MetadataValue.json(list(cifar10_model.mean)),
             "std": dg.MetadataValue.json(list(cifar10_model.std)),
             "classes": dg.MetadataValue.json(list(cifar10_model.classes)),
@@ -241,4 +277,37 @@ def cifar10_onnx(context: dg.AssetExecutionContext, cifar10_model: TrainedModel,
             "registered_model_version": cifar10_model.registered_model_version,
         }
     )
-    return OnnxModel(model_bytes=data, metadata=metadata)
+    return model
+
+
+def _export_both(model: TrainedModel, metadata: dict[str, str], log) -> tuple[bytes, bytes]:  # noqa: ANN001
+    """The fp32 graph without and with flip test-time augmentation (same weights)."""
+    from mlsd_assets.ml.export import export_onnx
+
+    module = model.inference_model()
+    graphs = []
+    for tta in (False, True):
+        module.flip_tta = tta
+        graphs.append(export_onnx(module, metadata, log))
+    return graphs[0], graphs[1]
+
+
+def _log_served_graph(mlflow: MLflowTracking, run_id: str, model: OnnxModel, choice: "Choice") -> None:
+    """Into the model's MLflow run: both files, the choice as tags (a re-export may choose differently, and
+    params are immutable), per-variant figures as metrics and a table."""
+    import tempfile
+    from pathlib import Path
+
+    client = mlflow.client()
+    with tempfile.TemporaryDirectory(prefix="mlsd-onnx-") as tmp:
+        for name, data in (("cifar10.onnx", model.model_bytes), ("cifar10.fp32.onnx", model.fp32_bytes)):
+            (Path(tmp) / name).write_bytes(data)
+            client.log_artifact(run_id, str(Path(tmp) / name), artifact_path="onnx")
+    for key, value in choice.metadata().items():
+        if key != f"{META_PREFIX}serving.figures":
+            client.set_tag(run_id, key, value)
+    for f in choice.figures:
+        for figure in ("accuracy", "agreement", "p50_ms", "p99_ms", "images_per_s"):
+            client.log_metric(run_id, f"serving.{f.name}.{figure}", float(getattr(f, figure)))
+    client.log_table(run_id, data=choice.table(), artifact_file="serving/variants.json")
+    client.log_text(run_id, f"{choice.rule()}\n\n{choice.markdown()}", "serving/variants.md")

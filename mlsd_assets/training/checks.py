@@ -35,9 +35,32 @@ def check_cifar10_onnx_parity(
     from mlsd_assets.ml.export import parity
 
     images, from_validation = parity_images(cifar10_split)
-    result = parity(cifar10_model.inference_model(), cifar10_onnx.model_bytes, images)
+    result = parity(cifar10_model.inference_model(), cifar10_onnx.fp32_bytes, images)
     return dg.AssetCheckResult(
         passed=result.passed(PARITY_TOLERANCE),
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={**result.as_dict(), "validation_images": from_validation, "tolerance": PARITY_TOLERANCE},
+    )
+
+
+@dg.asset_check(
+    asset="cifar10_onnx",
+    blocking=True,
+    additional_ins={"cifar10_split": dg.AssetIn()},
+    description="The served graph (the chosen variant) vs the fp32 export on the whole validation split: "
+    "its accuracy may be at most the recorded max_accuracy_drop_pt points below the best variant's and the "
+    "fp32 graph's; the argmax agreement rate is recorded",
+)
+def check_cifar10_onnx_served_agreement(cifar10_onnx: OnnxModel, cifar10_split: Cifar10Split) -> dg.AssetCheckResult:
+    from mlsd_assets.ml.serving_graph import agreement
+
+    images, labels = cifar10_split.arrays("validation")
+    if len(images) == 0:
+        images, labels = cifar10_split.arrays("train")
+    result = agreement(cifar10_onnx.model_bytes, cifar10_onnx.fp32_bytes, cifar10_onnx.metadata, images, labels)
+    return dg.AssetCheckResult(
+        passed=result.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"served_variant": cifar10_onnx.served_variant, **result.as_dict()},
+        description=result.summary(),
     )

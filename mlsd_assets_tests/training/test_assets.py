@@ -16,7 +16,7 @@ from mlsd_assets.ml.splits import Cifar10Split
 from mlsd_assets.resources import DataPaths
 from mlsd_assets.settings import load_settings
 from mlsd_assets.training.assets import cifar10_model, cifar10_onnx
-from mlsd_assets.training.checks import check_cifar10_onnx_parity
+from mlsd_assets.training.checks import check_cifar10_onnx_parity, check_cifar10_onnx_served_agreement
 from mlsd_assets.training.resources import DAGSTER_RUN_TAG, MLflowTracking
 from mlsd_assets_tests.ml.test_export import tamper_normalisation
 from mlsd_assets_tests.synthetic import make_split
@@ -41,14 +41,13 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")  # the tiny run lasts seconds, not minutes
     mp.chdir(home)
     settings = load_settings()
-    tracking = MLflowTracking(
-        tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root
-    )
+    tracking = MLflowTracking(tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root)
     io = ArtifactIOManager(root=str(settings.artifacts_dir))
     config = {k: v for k, v in TINY.items() if k != "eval_batch_size"} | {"widths": list(TINY["widths"])}
-    run_config = {"ops": {"cifar10_model": {"config": config}}}
+    onnx_config = {"latency_runs": 50, "calibration_images": 128}
+    run_config = {"ops": {"cifar10_model": {"config": config}, "cifar10_onnx": {"config": onnx_config}}}
     result = dg.materialize(
-        [split_stub, cifar10_model, cifar10_onnx, check_cifar10_onnx_parity],
+        [split_stub, cifar10_model, cifar10_onnx, check_cifar10_onnx_parity, check_cifar10_onnx_served_agreement],
         resources={"io_manager": io, "mlflow": tracking, "paths": DataPaths(root=str(settings.data_dir))},
         run_config=run_config,
     )
@@ -64,8 +63,9 @@ def _load(pipeline, name: str, cls):  # type: ignore[no-untyped-def]
 def test_chain_materializes_and_parity_check_passes(pipeline) -> None:  # type: ignore[no-untyped-def]
     result: dg.ExecuteInProcessResult = pipeline["result"]
     assert result.success
-    (evaluation,) = result.get_asset_check_evaluations()
-    assert evaluation.check_name == "check_cifar10_onnx_parity" and evaluation.passed
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    evaluation = checks["check_cifar10_onnx_parity"]
+    assert evaluation.passed
     assert evaluation.metadata["max_abs_diff"].value <= 1e-4
     assert evaluation.metadata["images"].value == 256
     assert evaluation.metadata["validation_images"].value == 256
@@ -100,13 +100,14 @@ def test_mlflow_run_records_everything(pipeline) -> None:  # type: ignore[no-unt
     assert params["dataset.train_images"] == "300"
     history = client.get_metric_history(model.mlflow_run_id, "val_accuracy")
     assert sorted(m.step for m in history) == [1, 2]
-    assert {"train_loss", "images_per_second", "final_val_accuracy", "final_val_loss"} <= set(
-        run.data.metrics
-    )
+    assert {"train_loss", "images_per_second", "final_val_accuracy", "final_val_loss"} <= set(run.data.metrics)
     assert run.data.metrics["final_val_accuracy"] == pytest.approx(model.validation_metrics["accuracy"])
     artifacts = {a.path for a in client.list_artifacts(model.mlflow_run_id)}
     assert {"training_curves.png", "environment.json", "onnx"} <= artifacts
-    assert [a.path for a in client.list_artifacts(model.mlflow_run_id, "onnx")] == ["onnx/cifar10.onnx"]
+    assert sorted(a.path for a in client.list_artifacts(model.mlflow_run_id, "onnx")) == [
+        "onnx/cifar10.fp32.onnx",
+        "onnx/cifar10.onnx",
+    ]
     inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
     assert set(inputs) == {"cifar10_split/train", "cifar10_split/validation"}
     train_input = inputs["cifar10_split/train"]
@@ -138,9 +139,7 @@ def test_model_is_registered_with_a_signature(pipeline) -> None:  # type: ignore
     version = tracking.client().get_model_version(model.registered_model_name, model.registered_model_version)
     assert version.run_id == model.mlflow_run_id
     mlflow.set_tracking_uri(tracking.tracking_uri)
-    loaded = mlflow.pyfunc.load_model(
-        f"models:/{model.registered_model_name}/{model.registered_model_version}"
-    )
+    loaded = mlflow.pyfunc.load_model(f"models:/{model.registered_model_name}/{model.registered_model_version}")
     inputs = loaded.metadata.get_input_schema().inputs[0]
     assert inputs.type == np.dtype("uint8") and tuple(inputs.shape) == (-1, 32, 32, 3)
     images, _ = SPLIT.arrays("validation")
@@ -156,9 +155,7 @@ def test_artifacts_carry_the_contract(pipeline) -> None:  # type: ignore[no-unty
     assert json.loads(meta["mlsd.classes"]) == list(CIFAR10_CLASSES)
     assert (meta["mlsd.input_name"], meta["mlsd.output_name"]) == ("images", "logits")
     assert (meta["mlsd.input_layout"], meta["mlsd.input_dtype"]) == ("NHWC", "uint8")
-    assert json.loads(meta["mlsd.mean"]) == list(SPLIT.mean) and json.loads(meta["mlsd.std"]) == list(
-        SPLIT.std
-    )
+    assert json.loads(meta["mlsd.mean"]) == list(SPLIT.mean) and json.loads(meta["mlsd.std"]) == list(SPLIT.std)
     assert int(meta["mlsd.opset"]) >= 17 and meta["mlsd.dataset_hash"] == SPLIT.content_hash
     assert onnx_model.mlflow_run_id == model.mlflow_run_id
     assert onnx_model.registered_model_version == model.registered_model_version
@@ -169,10 +166,49 @@ def test_artifacts_carry_the_contract(pipeline) -> None:  # type: ignore[no-unty
     assert not any(checkpoints.glob("*/last.pt")), "a finished training leaves no checkpoint behind"
 
 
+def test_served_variant_is_chosen_recorded_and_checked(pipeline) -> None:  # type: ignore[no-untyped-def]
+    onnx_model: OnnxModel = _load(pipeline, "cifar10_onnx", OnnxModel)
+    model: TrainedModel = _load(pipeline, "cifar10_model", TrainedModel)
+    meta = onnx_model.metadata
+    figures = {f["name"]: f for f in json.loads(meta["mlsd.serving.figures"])}
+    assert set(figures) == {"fp32_tta", "fp32", "ort_tta", "ort", "int8_tta", "int8"}
+    served = onnx_model.served_variant
+    assert served in figures and float(meta["mlsd.serving.accuracy_drop_pt"]) <= 0.3
+    best = max(f["accuracy"] for f in figures.values())
+    assert (best - figures[served]["accuracy"]) * 100 <= 0.3 + 1e-9
+    assert onnx_model.reference_bytes is not None and onnx_model.fp32_bytes != onnx_model.model_bytes
+    # the served file is what the image carries; the fp32 reference is kept beside it for the parity check
+    assert _load(pipeline, "cifar10_onnx", OnnxModel).reference_bytes == onnx_model.reference_bytes
+    run = pipeline["tracking"].client().get_run(model.mlflow_run_id)
+    assert run.data.tags["mlsd.serving.variant"] == served
+    assert run.data.metrics[f"serving.{served}.accuracy"] == pytest.approx(figures[served]["accuracy"])
+    artifacts = {a.path for a in pipeline["tracking"].client().list_artifacts(model.mlflow_run_id, "serving")}
+    assert artifacts == {"serving/variants.json", "serving/variants.md"}
+    materialization = pipeline["result"].asset_materializations_for_node("cifar10_onnx")[0]
+    assert materialization.metadata["served_variant"].value == served
+    checks = {e.check_name: e for e in pipeline["result"].get_asset_check_evaluations()}
+    agreement = checks["check_cifar10_onnx_served_agreement"]
+    assert agreement.passed and agreement.metadata["served_variant"].value == served
+    assert agreement.metadata["agreement"].value == pytest.approx(figures[served]["agreement"])
+
+
+def test_served_agreement_check_fails_on_a_degraded_served_graph(pipeline) -> None:  # type: ignore[no-untyped-def]
+    good: OnnxModel = _load(pipeline, "cifar10_onnx", OnnxModel)
+    bad = OnnxModel(
+        model_bytes=tamper_normalisation(good.model_bytes, delta=3.0),
+        metadata=good.metadata,
+        reference_bytes=good.reference_bytes,
+    )
+    outcome = check_cifar10_onnx_served_agreement(cifar10_onnx=bad, cifar10_split=SPLIT)
+    assert not outcome.passed and outcome.severity == dg.AssetCheckSeverity.ERROR
+    assert outcome.metadata["accuracy_drop_pt"].value > 0.3
+    assert "MORE than" in outcome.description
+
+
 def test_parity_check_fails_on_a_tampered_export(pipeline) -> None:  # type: ignore[no-untyped-def]
     model: TrainedModel = _load(pipeline, "cifar10_model", TrainedModel)
     good: OnnxModel = _load(pipeline, "cifar10_onnx", OnnxModel)
-    bad = OnnxModel(model_bytes=tamper_normalisation(good.model_bytes), metadata=good.metadata)
+    bad = OnnxModel(good.model_bytes, good.metadata, reference_bytes=tamper_normalisation(good.fp32_bytes))
     outcome = check_cifar10_onnx_parity(cifar10_onnx=bad, cifar10_model=model, cifar10_split=SPLIT)
     assert not outcome.passed
     assert outcome.severity == dg.AssetCheckSeverity.ERROR
@@ -186,9 +222,7 @@ def test_relaunch_after_a_crash_resumes_checkpoint_and_mlflow_run(
 
     monkeypatch.chdir(mlsd_home)
     settings = load_settings()
-    tracking = MLflowTracking(
-        tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root
-    )
+    tracking = MLflowTracking(tracking_uri=settings.mlflow_tracking_uri, artifact_root=settings.mlflow_artifact_root)
     resources = {
         "io_manager": ArtifactIOManager(root=str(settings.artifacts_dir)),
         "mlflow": tracking,
