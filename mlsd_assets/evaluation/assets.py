@@ -113,6 +113,7 @@ def evaluation_report(
         parity_mismatches=0,
         server_metrics=measured.server_metrics,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        served_variant=cifar10_onnx.served_variant,
         files={
             "json": str(out_dir / "report.json"),
             "markdown": str(out_dir / "report.md"),

@@ -91,6 +91,7 @@ class EvaluationReport:
     server_metrics: dict[str, float]
     created_at: str
     files: dict[str, str] = field(default_factory=dict)
+    served_variant: str = "unrecorded"  # which graph the image serves (cifar10_onnx's measured choice)
 
     suffix: ClassVar[str] = ".json"
 
@@ -122,6 +123,7 @@ class EvaluationReport:
             "| figure | value |",
             "|---|---|",
             f"| test images | {self.test_images} |",
+            f"| served graph variant | {self.served_variant} |",
             f"| accuracy | {self.accuracy:.4f} |",
             f"| latency p50 / p95 / p99 (1 image, ms) | {lat['p50']:.3f} / {lat['p95']:.3f} / "
             f"{lat['p99']:.3f} |",
