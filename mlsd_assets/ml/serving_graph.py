@@ -66,7 +66,7 @@ class Choice:
 
     def rule(self) -> str:
         return (
-            f"fastest single-image p50 ({self.threads} thread(s)) among variants within "
+            f"fastest single-image p50 ({self.threads or 'all'} intra-op threads) among variants within "
             f"{self.max_accuracy_drop_pt} pt of the best validation accuracy; ties within "
             f"{TIE_TOLERANCE:.0%} go to the simpler graph"
         )
@@ -328,7 +328,7 @@ def measure(
         f = figures[-1]
         logger.info(
             f"variant {name}: val accuracy {f.accuracy:.4f}, agreement {f.agreement:.4f}, "
-            f"p50 {f.p50_ms:.3f} ms, p99 {f.p99_ms:.3f} ms, {f.images_per_s:,.0f} img/s ({threads} thread(s))"
+            f"p50 {f.p50_ms:.3f} ms, p99 {f.p99_ms:.3f} ms, {f.images_per_s:,.0f} img/s ({threads or 'all'} threads)"
         )
     return figures
 
@@ -377,7 +377,7 @@ class Selection:
     max_accuracy_drop_pt: float = 0.3
     calibration_images: int = 512
     calibration_method: CalibrationMethod = "minmax"
-    threads: int = 1
+    threads: int = 0  # 0 = ORT's default, all cores (what the server uses)
     latency_runs: int = 500
 
 

@@ -222,7 +222,7 @@ class OnnxConfig(dg.Config):
     max_accuracy_drop_pt: float = 0.3
     calibration_images: int = 512  # train images for int8 calibration
     calibration_method: Literal["minmax", "percentile", "entropy"] = "minmax"
-    threads: int = 1  # ORT intra-op threads for the latency figures (the server's default)
+    threads: int = 0  # ORT intra-op threads for the latency figures; 0 = all cores, as the server runs
     latency_runs: int = 500  # single-image calls per variant
 
 
