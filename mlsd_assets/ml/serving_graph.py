@@ -203,11 +203,13 @@ def quantize_int8(
     logger: logging.Logger,
     keep_boundaries_fp32: bool = True,
     op_types: Sequence[str] | None = QUANTIZED_OPS,
+    reduce_range: bool = False,
 ) -> bytes:
     """Static int8 quantization in QDQ form: per-channel int8 weights, uint8 activations (the U8S8 kernels),
     calibrated on `calibration_images` (train images). Only `op_types` (Conv; None = every op ORT can
     quantize) are quantized, and the first and last weighted layers stay fp32 unless `keep_boundaries_fp32`
-    is False."""
+    is False. `reduce_range` (7-bit weights) is ORT's advice for CPUs without VNNI, whose U8S8 kernels can
+    saturate: set it when the image may run on AVX2-only machines."""
     from onnxruntime.quantization import CalibrationMethod as Method
     from onnxruntime.quantization import QuantFormat, QuantType, quant_pre_process, quantize_static
 
@@ -227,6 +229,7 @@ def quantize_int8(
             op_types_to_quantize=list(op_types) if op_types is not None else None,
             nodes_to_exclude=excluded,
             per_channel=True,
+            reduce_range=reduce_range,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=methods[method],
@@ -246,6 +249,7 @@ def build_variants(
     calibration_images: np.ndarray,
     calibration_method: CalibrationMethod,
     logger: logging.Logger,
+    reduce_range: bool = False,
 ) -> dict[str, bytes]:
     """The requested variants, built from the two fp32 exports (without and with flip-TTA)."""
     unknown = sorted(set(names) - set(VARIANTS))
@@ -260,7 +264,7 @@ def build_variants(
         elif kind == "ort":
             built[name] = optimize_offline(base)
         else:
-            built[name] = quantize_int8(base, calibration_images, calibration_method, logger)
+            built[name] = quantize_int8(base, calibration_images, calibration_method, logger, reduce_range=reduce_range)
     return built
 
 
@@ -378,6 +382,7 @@ class Selection:
     calibration_images: int = 512
     calibration_method: CalibrationMethod = "minmax"
     threads: int = 0  # 0 = ORT's default, all cores (what the server uses)
+    int8_reduce_range: bool = False
     latency_runs: int = 500
 
 
@@ -404,7 +409,15 @@ def select_served_graph(  # noqa: ANN201
     The reference (parity) graph is the fp32 export as trained: with flip-TTA when the model was trained so."""
     reference = fp32_tta if trained_with_tta else fp32
     calibration = calibration_sample(train_images, selection.calibration_images)
-    variants = build_variants(fp32, fp32_tta, selection.variants, calibration, selection.calibration_method, logger)
+    variants = build_variants(
+        fp32,
+        fp32_tta,
+        selection.variants,
+        calibration,
+        selection.calibration_method,
+        logger,
+        reduce_range=selection.int8_reduce_range,
+    )
     figures = measure(variants, reference, val_images, val_labels, selection.threads, selection.latency_runs, logger)
     choice = choose(figures, selection.max_accuracy_drop_pt, selection.threads, len(val_images))
     logger.info(f"served variant: {choice.served} ({choice.rule()}); best: {choice.best}")

@@ -224,6 +224,7 @@ class OnnxConfig(dg.Config):
     calibration_method: Literal["minmax", "percentile", "entropy"] = "minmax"
     threads: int = 0  # ORT intra-op threads for the latency figures; 0 = all cores, as the server runs
     latency_runs: int = 500  # single-image calls per variant
+    int8_reduce_range: bool = False  # 7-bit int8 weights: set when the image may run on CPUs without VNNI
 
 
 @dg.asset(group_name="training", kinds={"onnx"})

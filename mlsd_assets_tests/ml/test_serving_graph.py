@@ -238,3 +238,16 @@ def test_asset_config_defaults_match_the_core() -> None:
     assert tuple(config.variants) == sg.VARIANTS
     selection = sg.Selection(**config.model_dump() | {"variants": tuple(config.variants)})
     assert selection == sg.Selection()
+
+
+def test_reduce_range_keeps_int8_weights_to_7_bits(graphs) -> None:  # type: ignore[no-untyped-def]
+    from onnx import numpy_helper
+
+    def weight_span(data: bytes) -> int:
+        proto = onnx.load_model_from_string(data)
+        ints = [numpy_helper.to_array(i) for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+        return max(int(np.abs(w.astype(np.int16)).max()) for w in ints if w.ndim == 4)
+
+    calibration = graphs["val"][:32]
+    assert weight_span(sg.quantize_int8(graphs["fp32"], calibration, "minmax", log)) > 64
+    assert weight_span(sg.quantize_int8(graphs["fp32"], calibration, "minmax", log, reduce_range=True)) <= 64
