@@ -319,10 +319,11 @@ class _Progress:
         self.logger, self.every, self.total, self.epochs = logger, every, total, epochs
         self.last_time, self.last_step, self.eval_seconds = time.perf_counter(), 0, 0.0
 
-    def step(self, epoch: int, i: int, step: int, steps_per_epoch: int, batch: int, loss: float) -> None:
+    def step(self, epoch: int, i: int, step: int, steps_per_epoch: int, batch: int, loss: float) -> float | None:
+        """Logs when `every` seconds have passed; returns the steps/s of that window (None when it did not)."""
         now = time.perf_counter()
         if now - self.last_time < self.every:
-            return
+            return None
         rate = (step + 1 - self.last_step) / (now - self.last_time)  # steps/s over this window
         epoch_end = min((epoch + 1) * steps_per_epoch, self.total)
         evals_left = self.epochs - epoch  # this epoch's validation pass and the later ones
@@ -334,6 +335,7 @@ class _Progress:
             f" epoch ETA {epoch_eta:.0f}s, run ETA {run_eta:.0f}s"
         )
         self.last_time, self.last_step = now, step + 1
+        return rate
 
 
 def _lr_factor(config: TrainConfig, step: int, total: int) -> float:
@@ -413,12 +415,14 @@ def train(
     select: Literal["best", "last"] = "best",
     progress_every: float = 15.0,
     time_budget_s: float | None = None,
+    eval_seconds_hint: float = 0.0,
 ) -> TrainResult:
     """Train `config.epochs` epochs (continuing from `checkpoint_dir` if it holds a matching run); the epoch
     with the best validation accuracy is returned (`select="last"`: the final one, for benchmarks that pass
     the test set as validation). The asset never passes the test split in here. A progress line is logged at
     least every `progress_every` seconds (while steps finish). With `time_budget_s`, after every epoch the
-    remaining steps (and the lr schedule's horizon) are re-sized from the speed just measured, so that
+    remaining steps (and the lr schedule's horizon) are re-sized from the speed just measured (also at every
+    progress line, with `eval_seconds_hint` for a validation pass until one has been timed), so that
     training ends within that many seconds of this call even when the machine gets slower or faster."""
     started = time.perf_counter()
     device = device or pick_device()
@@ -490,7 +494,13 @@ def train(
             seen += len(y)
             if not math.isfinite(loss_sum):
                 raise FloatingPointError(f"epoch {epoch + 1} step {i}: loss is not finite (lr {config.lr})")
-            progress.step(epoch, i, step, steps_per_epoch, len(y), float(loss))
+            rate = progress.step(epoch, i, step, steps_per_epoch, len(y), float(loss))
+            if time_budget_s is not None and rate:  # re-size within the epoch too, from the last window's speed
+                left = time_budget_s * (1 - BUDGET_RESERVE) - (time.perf_counter() - started)
+                eval_s = progress.eval_seconds or eval_seconds_hint
+                total = step + 1 + steps_that_fit(left, 1 / rate, eval_s, steps_per_epoch)
+                epochs = math.ceil(total / steps_per_epoch)
+                progress.total, progress.epochs = total, epochs
         if lookahead is not None and epoch + 1 == epochs:
             lookahead.step(model.net, 1.0)  # finish on the slow (averaged) weights
         train_seconds = time.perf_counter() - t0

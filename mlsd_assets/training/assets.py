@@ -38,17 +38,18 @@ def sized_config(
     split: Cifar10Split,
     mlflow: MLflowTracking,
     run_id: str,
-) -> "TrainConfig":
-    """`config` as asked, or sized to the time budget: by a throughput probe, or as the checkpoint was."""
+) -> tuple["TrainConfig", float]:
+    """`config` as asked, or sized to the time budget: by a throughput probe, or as the checkpoint was; and
+    the probe's estimate of one validation pass in seconds (0 without a probe)."""
     import dataclasses
 
     from mlsd_assets.ml.budget import budgeted, measure_throughput, plan_budget
 
     if budget_s is None:
-        return config
+        return config, 0.0
     if previous is not None:
         planned = previous["config"]
-        return dataclasses.replace(config, epochs=planned["epochs"], max_steps=planned["max_steps"])
+        return dataclasses.replace(config, epochs=planned["epochs"], max_steps=planned["max_steps"]), 0.0
     (x_train, y_train), (x_val, _) = split.arrays("train"), split.arrays("validation")
     probe = measure_throughput(config, x_train, y_train, x_val, split.mean, split.std, context.log)
     plan = plan_budget(budget_s, probe, len(x_train), len(x_val), config.batch_size)
@@ -57,7 +58,7 @@ def sized_config(
         f" epochs), estimated {plan.expected_seconds:.0f}s"
     )
     tracking.log_budget(mlflow, run_id, probe, plan)
-    return budgeted(config, plan)
+    return budgeted(config, plan), len(x_val) / probe.eval_images_per_second
 
 
 def checkpoint_key(hyperparameters: dict[str, object], dataset_hash: str) -> str:
@@ -119,7 +120,9 @@ def cifar10_model(
     try:
         with tracking.system_metrics(mlflow, run_id):
             started = time.perf_counter()
-            train_config = sized_config(context, base_config, budget_s, previous, cifar10_split, mlflow, run_id)
+            train_config, eval_seconds = sized_config(
+                context, base_config, budget_s, previous, cifar10_split, mlflow, run_id
+            )
             tracking.log_setup(mlflow, run_id, train_config, cifar10_split, environment())
             tracking.log_dataset(mlflow, run_id, cifar10_split, split_source(context))
             result = train(
@@ -136,6 +139,7 @@ def cifar10_model(
                 checkpoint_extra={"mlflow_run_id": run_id},
                 # re-sized after each epoch to end on time; a resumed run keeps its checkpoint's plan
                 time_budget_s=budget_s - (time.perf_counter() - started) if budget_s and not previous else None,
+                eval_seconds_hint=eval_seconds,
             )
         title = f"{train_config.architecture} on dataset {cifar10_split.content_hash[:12]}"
         out_dir = paths.reports_dir / "training" / run_id

@@ -67,6 +67,7 @@ def test_tiny_budget_is_met_within_ten_percent(caplog: pytest.LogCaptureFixture)
             *(x, y, xv, yv, split.mean, split.std, budgeted(config, plan), LOG),
             progress_every=1.0,
             time_budget_s=budget - (time.perf_counter() - start),
+            eval_seconds_hint=len(xv) / probe.eval_images_per_second,
         )
     elapsed = time.perf_counter() - start
     assert result.steps >= 5 and len(result.history) == -(-result.steps // plan.steps_per_epoch)
