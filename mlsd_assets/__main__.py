@@ -1,18 +1,20 @@
 """`python -m mlsd_assets`: the whole pipeline through Dagster's own execution (every run shows in the UI).
 
 `pipeline`: register the official batches, ingest each one (ingestion_job), build the split (split_job), then
-train, export, build and evaluate (training_job). `register-batches`: only register the official partitions.
+train, export, build, evaluate and decide promotion (training_job). `register-batches`: only register the official
+partitions. `rollback --to-version N --reason TEXT`: move `champion` back to version N (rollback_job).
 DAGSTER_HOME picks the instance (`make pipeline` sets it); other locations come from mlsd_assets.settings.
 """
 
 import argparse
+import getpass
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import dagster as dg
 
-from mlsd_assets.automation.jobs import ingestion_job, split_job, training_job
+from mlsd_assets.automation.jobs import ingestion_job, rollback_job, split_job, training_job
 from mlsd_assets.automation.resources import root_cause
 from mlsd_assets.data.partitions import OFFICIAL_BATCHES, add_official_batches
 from mlsd_assets.ml.allocator import reexec_with_jemalloc
@@ -25,6 +27,7 @@ ORDER = (
     "cifar10_onnx",
     "inference_server_image",
     "evaluation_report",
+    "model_promotion",
 )
 
 
@@ -34,7 +37,7 @@ class PipelineFailed(RuntimeError):
 
 def _execute(
     defs: dg.Definitions, instance: dg.DagsterInstance, job_name: str, partition: str | None = None,
-    assets: Sequence[str] | None = None, run_config: dict | None = None,
+    assets: Sequence[str] | None = None, run_config: dict | None = None, tags: dict[str, str] | None = None,
 ) -> dg.ExecuteInProcessResult:
     where = f"{job_name}" + (f" [{partition}]" if partition else "")
     print(f"--> {where}", flush=True)
@@ -43,6 +46,7 @@ def _execute(
         partition_key=partition,
         asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
         run_config=run_config,
+        tags=tags,
         raise_on_error=False,
     )
     problems = [
@@ -120,6 +124,20 @@ def register_batches() -> None:
     print(f"registered {len(new)} new partition(s): {', '.join(new) or '-'} ({instance.root_directory})")
 
 
+def rollback(to_version: str, reason: str) -> None:
+    from mlsd_assets.definitions import defs
+
+    by = getpass.getuser()
+    config = {"version": to_version, "reason": reason, "requested_by": by}
+    run_config = {"ops": {"champion_rollback": {"config": config}}}
+    tags = {"mlsd/requested_by": by, "mlsd/rollback_to": to_version}
+    result = _execute(defs, dg.DagsterInstance.get(), rollback_job.name, run_config=run_config, tags=tags)
+    for event in result.get_asset_materialization_events():
+        meta = event.materialization.metadata
+        print(f"champion is now v{meta['champion_after'].value} (was v{meta['previous_champion'].value}); "
+              f"pushed: {meta['pushed'].value}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mlsd_assets", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -135,16 +153,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="cifar10_model's training time budget (default: its config's time_budget_minutes)",
     )
     commands.add_parser("register-batches", help="register the official batches as raw_cifar10 partitions")
+    back = commands.add_parser("rollback", help="move `champion` back to an earlier version, re-push its image")
+    back.add_argument("--to-version", required=True, help="the registered model version to make champion again")
+    back.add_argument("--reason", default="manual rollback", help="why (recorded on the version and the run)")
     args = parser.parse_args(argv)
     if args.command == "pipeline" and argv is None:
         reexec_with_jemalloc()  # training runs in this process: give it an allocator that keeps its pages
     try:
         if args.command == "pipeline":
             pipeline(args.through, args.epochs, args.budget_minutes)
+        elif args.command == "rollback":
+            rollback(args.to_version, args.reason)
         else:
             register_batches()
     except PipelineFailed as exc:
-        print(f"pipeline failed: {exc}", file=sys.stderr)
+        print(f"{args.command} failed: {exc}", file=sys.stderr)
         return 1
     return 0
 

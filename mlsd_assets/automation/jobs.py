@@ -8,6 +8,8 @@ CLI). It is left out of `training_job` so training uses exactly the split that p
 
 import dagster as dg
 
+from mlsd_assets.evaluation.assets import champion_rollback
+
 RAW_ASSET = dg.AssetKey("raw_cifar10")
 SPLIT_ASSET = dg.AssetKey("cifar10_split")
 MODEL_ASSET = dg.AssetKey("cifar10_model")
@@ -35,8 +37,19 @@ split_job = dg.define_asset_job(
 training_job = dg.define_asset_job(
     "training_job",
     selection=dg.AssetSelection.assets(SPLIT_ASSET).downstream(include_self=False),
-    description="Train, export, build the server image and evaluate it (promotion gate included).",
+    description="Train, export, build the server image, evaluate it beside the champion and decide promotion "
+    "(a promoted image is pushed).",
     tags=TRAINING_TAGS,
 )
 
-JOBS = [ingestion_job, split_job, training_job]
+
+@dg.job(
+    description="Move the registry's `champion` back to an earlier version and re-push its image as :champion; "
+    "recorded as a model_promotion materialization. Config: ops.champion_rollback.config {version, reason}.",
+    executor_def=dg.in_process_executor,
+)
+def rollback_job() -> None:
+    champion_rollback()
+
+
+JOBS = [ingestion_job, split_job, training_job, rollback_job]

@@ -2,12 +2,14 @@
 
 import hashlib
 import uuid
+from contextlib import AbstractContextManager, ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
 import dagster as dg
 
+from mlsd_assets.evaluation.promotion import IMAGE_ID_TAG, IMAGE_TAG_TAG, Promotion
 from mlsd_assets.evaluation.report import EvaluationReport
 from mlsd_assets.ml.artifacts import OnnxModel
 from mlsd_assets.ml.splits import Cifar10Split
@@ -17,18 +19,25 @@ from mlsd_assets.serving.assets import TRANSIENT_RETRY
 from mlsd_assets.serving.resources import DockerEngine
 from mlsd_assets.training.resources import MLflowTracking
 
-# Model-version tags the promotion gate reads back for the champion.
+# Model-version tags: the figures of the evaluation itself (the gate compares side by side, not these).
 ACCURACY_TAG = "mlsd.eval.accuracy"
 P95_TAG = "mlsd.eval.latency_p95_ms"
 
 
 class EvaluationConfig(dg.Config):
-    """`local_process` runs the same server module without Docker; the report then says so plainly."""
+    """`local_process` runs the same server module without Docker; the report then says so plainly.
+
+    With a `champion` in the registry, its server runs beside the challenger's and gets the same
+    single-image requests, interleaved (`seed` orders each pair); `champion_image` names its image by hand.
+    """
 
     runtime: Literal["container", "local_process"] = "container"
     batch_size: int = 256
     single_image_requests: int = 0  # 0: every test image, one request each
     health_timeout_s: float = 120.0
+    compare_with_champion: bool = True
+    champion_image: str = ""
+    seed: int = 0
 
 
 def _check_image_serves(image: ServerImage, model: OnnxModel, model_sha256: str, labels: dict) -> None:
@@ -55,7 +64,9 @@ def evaluation_report(
 ) -> EvaluationReport:
     """The container is always removed afterwards (also on failure or interrupt); every server prediction
     must equal the offline ONNX one, or the asset fails instead of reporting a number."""
+    from mlsd_assets.evaluation.gate import compare_predictions
     from mlsd_assets.evaluation.measure import measure_server, offline_predictions
+    from mlsd_assets.evaluation.promotion import current_champion
     from mlsd_assets.evaluation.report import classification_metrics, draw_confusion, latency_summary_ms
     from mlsd_assets.ml.pictures import markdown_image
     from mlsd_assets.serving.runtime import running_container, running_local_process
@@ -70,25 +81,59 @@ def evaluation_report(
     expected = offline_predictions(cifar10_onnx.model_bytes, images)
     single = min(config.single_image_requests or len(images), len(images))
 
-    if config.runtime == "container":
-        client = docker.client()
-        image_labels = client.images.get(inference_server_image.image_id).labels or {}
-        _check_image_serves(inference_server_image, cifar10_onnx, model_sha256, image_labels)
-        name = f"mlsd-eval-{context.run.run_id[:8]}-{uuid.uuid4().hex[:6]}"
-        server = running_container(
-            client, inference_server_image.image_id, name, context.log, config.health_timeout_s
+    champion = current_champion(mlflow.client(), cifar10_onnx.registered_model_name)
+    if champion is not None and (str(champion.version) == version or not config.compare_with_champion):
+        champion = None
+    run_tag = f"{context.run.run_id[:8]}-{uuid.uuid4().hex[:6]}"
+    with ExitStack() as servers:  # both servers stop here, whatever happens while they run
+        if config.runtime == "container":
+            client = docker.client()
+            image_labels = client.images.get(inference_server_image.image_id).labels or {}
+            _check_image_serves(inference_server_image, cifar10_onnx, model_sha256, image_labels)
+            running = servers.enter_context(
+                running_container(
+                    client,
+                    inference_server_image.image_id,
+                    f"mlsd-eval-{run_tag}",
+                    context.log,
+                    config.health_timeout_s,
+                )
+            )
+        else:
+            model_path = out_dir / "model.onnx"
+            model_path.write_bytes(cifar10_onnx.model_bytes)
+            running = servers.enter_context(
+                running_local_process(model_path, out_dir / "server.log", context.log, config.health_timeout_s)
+            )
+        champion_server = None
+        if champion is not None:
+            champion_server = servers.enter_context(
+                _champion_server(champion, config, docker, mlflow, out_dir, f"mlsd-champion-{run_tag}", context.log)
+            )
+        measured = measure_server(
+            running.base_url,
+            images,
+            expected,
+            config.batch_size,
+            single,
+            context.log,
+            champion_server.base_url if champion_server else None,
+            config.seed,
         )
-    else:
-        model_path = out_dir / "model.onnx"
-        model_path.write_bytes(cifar10_onnx.model_bytes)
-        server = running_local_process(
-            model_path, out_dir / "server.log", context.log, config.health_timeout_s
-        )
-    with server as running:
-        measured = measure_server(running.base_url, images, expected, config.batch_size, single, context.log)
 
     classes = cifar10_onnx.classes
     accuracy, per_class, confusion = classification_metrics(labels, measured.predictions, classes)
+    comparison = None
+    if champion_server is not None and measured.champion_predictions is not None:
+        comparison = compare_predictions(
+            labels[:single],
+            measured.champion_predictions,
+            measured.predictions[:single],
+            measured.champion_seconds,
+            measured.single_seconds,
+            str(champion.version),
+            champion_server.name,
+        ).to_dict()
     title = f"{cifar10_onnx.registered_model_name} v{version}"
     png = draw_confusion(confusion, classes, out_dir / "confusion_matrix.png", title)
     report = EvaluationReport(
@@ -112,6 +157,7 @@ def evaluation_report(
         parity_images=len(images),
         parity_mismatches=0,
         server_metrics=measured.server_metrics,
+        comparison=comparison,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         served_variant=cifar10_onnx.served_variant,
         files={
@@ -137,9 +183,54 @@ def evaluation_report(
             "parity": f"{report.parity_images - report.parity_mismatches}/{report.parity_images}",
             "image_size_mb": round(report.image_size_bytes / 1e6, 1),
             "mlflow_run_url": dg.MetadataValue.url(mlflow.run_url(report.mlflow_run_id)),
+            "champion_compared": f"v{comparison['champion_version']}" if comparison else "none",
+            **(_comparison_metadata(comparison) if comparison else {}),
         }
     )
     return report
+
+
+def _comparison_metadata(comparison: dict) -> dict:
+    ratio = comparison["ratio"]
+    return {
+        "latency_ratio_median": round(ratio["median"], 4),
+        "latency_ratio_iqr": f"{ratio['q1']:.3f}-{ratio['q3']:.3f}",
+        "latency_ratio_ci95": f"{ratio['ci_low']:.3f}-{ratio['ci_high']:.3f}",
+        "disagreements_b_champion_only": comparison["b"],
+        "disagreements_c_challenger_only": comparison["c"],
+        "mcnemar_p_worse": comparison["p_worse"],
+        "champion_accuracy_same_images": comparison["champion_accuracy"],
+    }
+
+
+def _champion_server(
+    champion,
+    config: EvaluationConfig,
+    docker: DockerEngine,
+    mlflow: MLflowTracking,
+    out_dir: Path,
+    name: str,
+    log,
+) -> AbstractContextManager:
+    """The champion served like the challenger: its image (engine or registry), or its ONNX file from MLflow."""
+    from mlsd_assets.evaluation.promotion import champion_onnx, resolve_image
+    from mlsd_assets.serving.runtime import running_container, running_local_process
+
+    if config.runtime == "container":
+        client = docker.client()
+        image_id = resolve_image(
+            client,
+            champion.name,
+            str(champion.version),
+            champion.tags or {},
+            docker.registry,
+            docker.auth_config(),
+            log,
+            config.champion_image,
+        )
+        return running_container(client, image_id, name, log, config.health_timeout_s)
+    model_path = champion_onnx(mlflow.client(), champion, out_dir / "champion")
+    return running_local_process(model_path, out_dir / "champion-server.log", log, config.health_timeout_s)
 
 
 def _log_to_mlflow(mlflow: MLflowTracking, report: EvaluationReport, out_dir: Path) -> None:
@@ -164,5 +255,93 @@ def _log_to_mlflow(mlflow: MLflowTracking, report: EvaluationReport, out_dir: Pa
         P95_TAG: str(report.latency_ms["p95"]),
         "mlsd.eval.runtime": report.runtime,
     }
+    if report.runtime == "container":  # where the side-by-side of a later challenger finds this server
+        version_tags |= {IMAGE_ID_TAG: report.image_id, IMAGE_TAG_TAG: report.image_tag}
     for key, value in version_tags.items():
         client.set_model_version_tag(report.model_name, report.model_version, key, value)
+
+
+class PromotionConfig(dg.Config):
+    """The gate: promote unless McNemar's one-sided p < alpha, or the median latency ratio > max_latency_ratio."""
+
+    alpha: float = 0.05
+    max_latency_ratio: float = 1.25
+
+
+@dg.asset(group_name="evaluation", kinds={"mlflow", "docker"}, retry_policy=TRANSIENT_RETRY)
+def model_promotion(
+    context: dg.AssetExecutionContext,
+    config: PromotionConfig,
+    evaluation_report: EvaluationReport,
+    docker: DockerEngine,
+    mlflow: MLflowTracking,
+) -> Promotion:
+    """The gate's decision on the evaluated challenger. Only a promoted image is pushed (`:v<N>` and
+    `:champion`, when MLSD_IMAGE_REGISTRY is set), and the push comes before the alias moves."""
+    from mlsd_assets.evaluation.promotion import decide_promotion
+
+    promotion = decide_promotion(
+        mlflow.client(),
+        docker.client() if docker.registry else None,
+        evaluation_report,
+        config.alpha,
+        config.max_latency_ratio,
+        docker.registry,
+        docker.auth_config(),
+        f"dagster run {context.run.run_id}",
+        context.log,
+    )
+    context.add_output_metadata(promotion_metadata(promotion))
+    return promotion
+
+
+def promotion_metadata(promotion: Promotion) -> dict:
+    figures = promotion.figures or {}
+    return {
+        "decision": promotion.decision,
+        "reason": dg.MetadataValue.md(promotion.reason),
+        "candidate_version": promotion.candidate_version,
+        "previous_champion": promotion.previous_champion or "none",
+        "champion_after": promotion.champion_after,
+        "pushed": ", ".join(promotion.pushed) or "not pushed",
+        "digest": promotion.digest or "not pushed",
+        "by": promotion.by,
+        **({"figures": dg.MetadataValue.json(figures)} if figures else {}),
+        "mlflow_model": f"{promotion.model_name} v{promotion.candidate_version}",
+    }
+
+
+class RollbackConfig(dg.Config):
+    """Which registered version takes `champion` back, and why (both recorded)."""
+
+    version: str
+    reason: str
+    requested_by: str = ""
+
+
+@dg.op(tags={"kind": "mlflow"})
+def champion_rollback(
+    context: dg.OpExecutionContext, config: RollbackConfig, docker: DockerEngine, mlflow: MLflowTracking
+) -> None:
+    """Recorded like a promotion: a `model_promotion` materialization event, plus tags on the version."""
+    from mlsd_assets.evaluation.promotion import rollback
+
+    by = config.requested_by or context.run.tags.get("mlsd/requested_by") or "unknown"
+    promotion = rollback(
+        mlflow.client(),
+        docker.client() if docker.registry else None,
+        mlflow.registered_model_name,
+        config.version,
+        config.reason,
+        f"{by} (dagster run {context.run.run_id})",
+        docker.registry,
+        docker.auth_config(),
+        context.log,
+    )
+    context.log_event(
+        dg.AssetMaterialization(
+            asset_key="model_promotion",
+            description=promotion.reason,
+            metadata=promotion_metadata(promotion),
+        )
+    )

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from mlsd_assets.evaluation.client import ServerClient, batched_pass, single_image_pass
+from mlsd_assets.evaluation.client import Pass, ServerClient, batched_pass, single_image_pass
 
 
 class EvaluationError(RuntimeError):
@@ -33,6 +34,9 @@ class Measurements:
     batched_images_per_s: float
     errors: int
     server_metrics: dict[str, float]
+    # Set when a champion answered the same single-image requests, interleaved with the challenger's.
+    champion_predictions: np.ndarray | None = None
+    champion_seconds: list[float] | None = None
 
 
 def server_counters(metrics_text: str) -> dict[str, float]:
@@ -54,6 +58,27 @@ def server_counters(metrics_text: str) -> dict[str, float]:
     return totals
 
 
+def interleaved_single_pass(
+    challenger: ServerClient, champion: ServerClient, images: np.ndarray, seed: int = 0
+) -> tuple[Pass, Pass]:
+    """Each image to both servers back to back, in a random order per image: whatever load the machine
+    has lands on both alike, so the per-image latency ratio is measured under the same conditions."""
+    n = len(images)
+    passes = (Pass(np.full(n, -1, dtype=np.int64)), Pass(np.full(n, -1, dtype=np.int64)))
+    challenger_first = np.random.default_rng(seed).random(n) < 0.5
+    start = time.perf_counter()
+    for i in range(n):
+        order = ((challenger, passes[0]), (champion, passes[1]))
+        for client, result in order if challenger_first[i] else order[::-1]:
+            one = single_image_pass(client, images[i : i + 1])
+            result.predictions[i] = one.predictions[0]
+            result.seconds.extend(one.seconds)
+            result.errors.extend(f"image {i}: {e}" for e in one.errors)
+    for result in passes:
+        result.wall_seconds = time.perf_counter() - start
+    return passes
+
+
 def measure_server(
     base_url: str,
     images: np.ndarray,
@@ -61,19 +86,30 @@ def measure_server(
     batch_size: int,
     single_requests: int,
     log: logging.Logger,
+    champion_url: str | None = None,
+    seed: int = 0,
 ) -> Measurements:
-    """Every image batched (throughput, parity) and `single_requests` images one by one (latency, parity).
+    """Every image batched (throughput, parity) and `single_requests` images one by one (latency, parity),
+    interleaved with the same requests to the champion at `champion_url` when there is one.
     Raises EvaluationError on any failed request or any prediction that differs from offline ONNX."""
     client = ServerClient(base_url)
+    champion = ServerClient(champion_url) if champion_url else None
     try:
         batched = batched_pass(client, images, batch_size)
-        singles = single_image_pass(client, images[:single_requests])
+        if champion is None:
+            singles, champion_singles = single_image_pass(client, images[:single_requests]), None
+        else:
+            singles, champion_singles = interleaved_single_pass(client, champion, images[:single_requests], seed)
         metrics = server_counters(client.get("/metrics").decode())
     finally:
         client.close()
-    errors = batched.errors + singles.errors
+        if champion is not None:
+            champion.close()
+    errors = batched.errors + singles.errors + (champion_singles.errors if champion_singles else [])
     if errors:
-        raise EvaluationError(f"{len(errors)} requests to {base_url} failed; first: {errors[:3]}")
+        raise EvaluationError(
+            f"{len(errors)} requests failed (challenger {base_url}, champion {champion_url}); first: {errors[:3]}"
+        )
     for what, got, want in (
         ("batched", batched.predictions, expected),
         ("single-image", singles.predictions, expected[:single_requests]),
@@ -88,5 +124,17 @@ def measure_server(
     if metrics["errors_5xx"]:
         raise EvaluationError(f"server counted {metrics['errors_5xx']:.0f} 5xx responses during evaluation")
     throughput = len(images) / batched.wall_seconds
-    log.info(f"{len(images)} images batched at {throughput:,.0f}/s; {single_requests} single requests")
-    return Measurements(batched.predictions, singles.seconds, single_requests, throughput, 0, metrics)
+    log.info(
+        f"{len(images)} images batched at {throughput:,.0f}/s; {single_requests} single requests"
+        + (f", interleaved with the champion at {champion_url}" if champion_url else "")
+    )
+    return Measurements(
+        batched.predictions,
+        singles.seconds,
+        single_requests,
+        throughput,
+        0,
+        metrics,
+        champion_singles.predictions if champion_singles else None,
+        champion_singles.seconds if champion_singles else None,
+    )

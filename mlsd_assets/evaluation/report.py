@@ -92,6 +92,8 @@ class EvaluationReport:
     created_at: str
     files: dict[str, str] = field(default_factory=dict)
     served_variant: str = "unrecorded"  # which graph the image serves (cifar10_onnx's measured choice)
+    # Side by side with the champion (mlsd_assets.evaluation.gate.Comparison as a dict); None without one.
+    comparison: dict[str, Any] | None = None
 
     suffix: ClassVar[str] = ".json"
 
@@ -125,19 +127,40 @@ class EvaluationReport:
             f"| test images | {self.test_images} |",
             f"| served graph variant | {self.served_variant} |",
             f"| accuracy | {self.accuracy:.4f} |",
-            f"| latency p50 / p95 / p99 (1 image, ms) | {lat['p50']:.3f} / {lat['p95']:.3f} / "
-            f"{lat['p99']:.3f} |",
+            f"| latency p50 / p95 / p99 (1 image, ms) | {lat['p50']:.3f} / {lat['p95']:.3f} / {lat['p99']:.3f} |",
             f"| single-image requests | {self.single_requests} |",
             f"| batched throughput (batch {self.batch_size}) | {self.batched_images_per_s:,.0f} images/s |",
             f"| request errors | {self.errors} |",
             f"| server == offline ONNX predictions | {self.parity_images - self.parity_mismatches}"
             f"/{self.parity_images} |",
             "",
+            *self._comparison_lines(),
             "| class | precision | recall | F1 | support |",
             "|---|---|---|---|---|",
         ]
         for name, m in self.per_class.items():
-            lines.append(
-                f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {int(m['support'])} |"
-            )
+            lines.append(f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {int(m['support'])} |")
         return "\n".join(lines) + "\n"
+
+    def _comparison_lines(self) -> list[str]:
+        c = self.comparison
+        if not c:
+            return ["No champion to compare with: this is the first model (or the comparison was turned off).", ""]
+        r = c["ratio"]
+        return [
+            f"## Side by side with champion v{c['champion_version']} (`{c['champion_image']}`)",
+            "",
+            "Same images, same run, requests interleaved in random order per image.",
+            "",
+            "| figure | value |",
+            "|---|---|",
+            f"| latency ratio challenger / champion (median per image) | {r['median']:.3f} |",
+            f"| spread: IQR of the ratios / 95% bootstrap CI of the median | {r['q1']:.3f}-{r['q3']:.3f} / "
+            f"{r['ci_low']:.3f}-{r['ci_high']:.3f} |",
+            f"| p50 latency challenger / champion (ms) | {c['challenger_p50_ms']:.3f} / {c['champion_p50_ms']:.3f} |",
+            f"| accuracy challenger / champion, same {c['images']} images | {c['challenger_accuracy']:.4f} / "
+            f"{c['champion_accuracy']:.4f} |",
+            f"| disagreements: b (only champion right) / c (only challenger right) | {c['b']} / {c['c']} |",
+            f"| McNemar exact one-sided p (challenger worse) | {c['p_worse']:.3g} |",
+            "",
+        ]

@@ -12,7 +12,7 @@ from mlsd_assets.ml.atomic import atomic_path
 
 @dataclass(frozen=True)
 class ServerImage:
-    """A Docker image serving one model version, as built (and maybe pushed) by `inference_server_image`."""
+    """A Docker image serving one model version, as built by `inference_server_image` (never pushed there)."""
 
     tag: str
     image_id: str
@@ -26,8 +26,6 @@ class ServerImage:
     context_dir: str
     engine: str
     built_at: str
-    pushed_tag: str = ""
-    digest: str = ""
 
     suffix: ClassVar[str] = ".json"
 

@@ -16,12 +16,11 @@ TRANSIENT_RETRY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPO
 
 
 class ServerImageConfig(dg.Config):
-    """Where the image comes from and what it is called; push goes to the DockerEngine's registry."""
+    """Where the image comes from and what it is called. Built only: `model_promotion` pushes it if promoted."""
 
     base_image: str = DEFAULT_BASE_IMAGE
     repository: str = "mlsd/cifar10-server"
     tag: str = ""  # empty: v<registered model version>
-    push: bool = False
     wheelhouse_dir: str = ""  # empty: <data>/builds/wheelhouses, filled from PyPI once per pin set
 
 
@@ -54,11 +53,9 @@ def inference_server_image(
     from pathlib import Path
 
     from mlsd_assets.serving.image import (
-        ImageBuildError,
         build_image,
         ensure_wheelhouse,
         host_pins,
-        push_image,
         write_build_context,
     )
 
@@ -76,12 +73,6 @@ def inference_server_image(
     context.log.info(f"building {tag} from {build_dir} on {client.api.base_url} (base {config.base_image})")
     labels = image_labels(cifar10_onnx, model_sha256, config.base_image)
     built = build_image(client, build_dir, tag, config.base_image, labels, context.log)
-    pushed_tag = digest = ""
-    if config.push:
-        if not docker.registry:
-            raise ImageBuildError("push requested but no registry is configured (MLSD_IMAGE_REGISTRY)")
-        pushed_tag = f"{docker.registry.rstrip('/')}/{tag}"
-        digest = push_image(client, tag, pushed_tag, docker.auth_config(), context.log)
     image = ServerImage(
         tag=tag,
         image_id=built.image_id,
@@ -95,16 +86,12 @@ def inference_server_image(
         context_dir=str(build_dir),
         engine=str(client.api.base_url),
         built_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        pushed_tag=pushed_tag,
-        digest=digest,
     )
     context.add_output_metadata(
         {
             "image_id": image.image_id,
             "tag": image.tag,
             "size_mb": round(image.size_bytes / 1e6, 1),
-            "digest": image.digest or "not pushed",
-            "pushed_tag": image.pushed_tag or "not pushed",
             "base_image": image.base_image,
             "build_seconds": image.build_seconds,
             "model_version": version,
