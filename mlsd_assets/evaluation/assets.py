@@ -278,19 +278,22 @@ def model_promotion(
 ) -> Promotion:
     """The gate's decision on the evaluated challenger. Only a promoted image is pushed (`:v<N>` and
     `:champion`, when MLSD_IMAGE_REGISTRY is set), and the push comes before the alias moves."""
-    from mlsd_assets.evaluation.promotion import decide_promotion
+    from mlsd_assets.evaluation.promotion import PromotionError, decide_promotion
 
-    promotion = decide_promotion(
-        mlflow.client(),
-        docker.client() if docker.registry else None,
-        evaluation_report,
-        config.alpha,
-        config.max_latency_ratio,
-        docker.registry,
-        docker.auth_config(),
-        f"dagster run {context.run.run_id}",
-        context.log,
-    )
+    try:
+        promotion = decide_promotion(
+            mlflow.client(),
+            docker.client() if docker.registry else None,
+            evaluation_report,
+            config.alpha,
+            config.max_latency_ratio,
+            docker.registry,
+            docker.auth_config(),
+            f"dagster run {context.run.run_id}",
+            context.log,
+        )
+    except PromotionError as exc:  # a wrong input, not a flaky registry: retrying would not help
+        raise dg.Failure(str(exc), allow_retries=False) from exc
     context.add_output_metadata(promotion_metadata(promotion))
     return promotion
 

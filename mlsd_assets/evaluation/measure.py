@@ -107,9 +107,8 @@ def measure_server(
             champion.close()
     errors = batched.errors + singles.errors + (champion_singles.errors if champion_singles else [])
     if errors:
-        raise EvaluationError(
-            f"{len(errors)} requests failed (challenger {base_url}, champion {champion_url}); first: {errors[:3]}"
-        )
+        where = base_url + (f" (and the champion at {champion_url})" if champion_url else "")
+        raise EvaluationError(f"{len(errors)} requests to {where} failed; first: {errors[:3]}")
     for what, got, want in (
         ("batched", batched.predictions, expected),
         ("single-image", singles.predictions, expected[:single_requests]),

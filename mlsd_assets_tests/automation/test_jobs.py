@@ -19,8 +19,10 @@ def _assets(job_name: str) -> set[str]:
 def test_job_selections() -> None:
     assert _assets("ingestion_job") == {"raw_cifar10"}
     assert _assets("split_job") == {"cifar10_split"}
-    training = {"cifar10_model", "cifar10_onnx", "inference_server_image", "evaluation_report"}
+    training = {"cifar10_model", "cifar10_onnx", "inference_server_image", "evaluation_report", "model_promotion"}
     assert _assets("training_job") == training
+    rollback = defs.resolve_job_def("rollback_job")
+    assert [node.name for node in rollback.nodes] == ["champion_rollback"]
 
 
 def test_checks_run_with_their_assets() -> None:
@@ -28,7 +30,7 @@ def test_checks_run_with_their_assets() -> None:
     checks = {key.name for key in ingestion.asset_check_keys}
     assert "check_raw_cifar10_drift" in checks
     gate = defs.resolve_job_def("training_job").asset_layer.asset_graph.asset_check_keys
-    assert any(key.asset_key == dg.AssetKey("evaluation_report") for key in gate)
+    assert any(key.asset_key == dg.AssetKey("model_promotion") for key in gate)
 
 
 def test_one_training_at_a_time() -> None:

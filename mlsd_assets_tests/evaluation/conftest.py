@@ -29,3 +29,7 @@ def register_version(tracking: MLflowTracking, name: str = MODEL_NAME) -> tuple[
         client.create_registered_model(name)
     version = client.create_model_version(name, f"runs:/{run_id}/model", run_id=run_id)
     return run_id, str(version.version)
+
+
+# The real engine and the image wheelhouse, shared with the serving tests.
+from mlsd_assets_tests.serving.conftest import docker_engine, wheelhouse_cache  # noqa: E402, F401

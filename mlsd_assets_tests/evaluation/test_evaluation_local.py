@@ -47,8 +47,20 @@ def test_local_process_report(mlsd_home, mlflow_tracking, tmp_path):
 
     @dg.asset(name="inference_server_image")
     def image_asset() -> ServerImage:
-        return ServerImage("not-built:v1", "sha256:none", 0, "none", model.registered_model_name, version,
-                           run_id, "none", 0.0, "", "", "")
+        return ServerImage(
+            "not-built:v1",
+            "sha256:none",
+            0,
+            "none",
+            model.registered_model_name,
+            version,
+            run_id,
+            "none",
+            0.0,
+            "",
+            "",
+            "",
+        )
 
     data = mlsd_home / "data"
     result = dg.materialize(

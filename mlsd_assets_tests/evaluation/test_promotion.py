@@ -1,104 +1,163 @@
-"""Champion/challenger gate against a real local MLflow registry: better moves the alias, worse does not."""
+"""Champion and challenger side by side (local server processes), decided by model_promotion, real MLflow."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pytest
 
-from mlsd_assets.evaluation.assets import ACCURACY_TAG, P95_TAG
-from mlsd_assets.evaluation.checks import CHAMPION_ALIAS, check_evaluation_report_promotion
-from mlsd_assets.evaluation.report import EvaluationReport
+from mlsd_assets.evaluation.assets import evaluation_report, model_promotion
+from mlsd_assets.evaluation.checks import check_model_promotion_accepted
+from mlsd_assets.evaluation.promotion import CHAMPION_ALIAS, Promotion
 from mlsd_assets.io_manager import ArtifactIOManager
+from mlsd_assets.ml.artifacts import OnnxModel
+from mlsd_assets.ml.splits import Cifar10Split
+from mlsd_assets.resources import DataPaths
+from mlsd_assets.serving.artifacts import ServerImage
+from mlsd_assets.serving.resources import DockerEngine
 from mlsd_assets.training.resources import MLflowTracking
-from mlsd_assets_tests.evaluation.conftest import register_version
+from mlsd_assets_tests.evaluation.conftest import MODEL_NAME, register_version
+from mlsd_assets_tests.serving.onnx_models import nearest_mean_weights, write_tiny_model
+from mlsd_assets_tests.synthetic import make_split
+
+SPLIT = make_split(n_train=300, n_validation=20, n_test=150, seed=21)
+GOOD = nearest_mean_weights(*SPLIT.arrays("train"))
 
 
-def report(name: str, version: str, run_id: str, accuracy: float, p95: float) -> EvaluationReport:
-    return EvaluationReport(
-        model_name=name, model_version=version, mlflow_run_id=run_id, runtime="container",
-        server="test", image_tag="t", image_id="sha256:x", image_size_bytes=1, test_images=100,
-        accuracy=accuracy, per_class={}, confusion=[], latency_ms={"p50": p95 / 2, "p95": p95, "p99": p95},
-        single_requests=100, batch_size=10, batched_images_per_s=1.0, errors=0, parity_images=100,
-        parity_mismatches=0, server_metrics={}, created_at="now",
+def bad_weights() -> tuple[np.ndarray, np.ndarray]:
+    """Good on two classes only: the challenger a gate must turn away."""
+    w, b = (x.copy() for x in GOOD)
+    w[:, 2:] = 0.0
+    b[2:] = -1e6
+    return w, b
+
+
+def trained(tracking: MLflowTracking, tmp: Path, weights) -> OnnxModel:
+    """A registered version whose run holds its ONNX file under onnx/, as cifar10_onnx leaves it."""
+    run_id, version = register_version(tracking)
+    path = write_tiny_model(tmp / f"v{version}" / "cifar10.onnx", weights, version=version, run_id=run_id)
+    tracking.client().log_artifact(run_id, str(path), artifact_path="onnx")
+    return OnnxModel.load(path)
+
+
+def evaluate_and_decide(
+    home: Path, tracking: MLflowTracking, model: OnnxModel, raise_on_error: bool = True, **eval_config
+) -> dg.ExecuteInProcessResult:
+    @dg.asset(name="cifar10_split")
+    def split_asset() -> Cifar10Split:
+        return SPLIT
+
+    @dg.asset(name="cifar10_onnx")
+    def onnx_asset() -> OnnxModel:
+        return model
+
+    @dg.asset(name="inference_server_image")
+    def image_asset() -> ServerImage:
+        v = model.registered_model_version
+        return ServerImage(
+            f"none:v{v}", "sha256:none", 0, "none", MODEL_NAME, v, model.mlflow_run_id, "none", 0.0, "", "", ""
+        )
+
+    data = home / "data"
+    return dg.materialize(
+        [split_asset, onnx_asset, image_asset, evaluation_report, model_promotion, check_model_promotion_accepted],
+        resources={
+            "io_manager": ArtifactIOManager(root=str(data / "artifacts")),
+            "paths": DataPaths(root=str(data)),
+            "mlflow": tracking,
+            "docker": DockerEngine(base_url="unix:///nonexistent.sock"),  # no registry: never touched
+        },
+        run_config={
+            "ops": {"evaluation_report": {"config": {"runtime": "local_process", "batch_size": 64} | eval_config}}
+        },
+        raise_on_error=raise_on_error,
     )
 
 
-def gate(tracking: MLflowTracking, tmp: Path, challenger: EvaluationReport) -> dg.AssetCheckEvaluation:
-    """Runs the real check on `challenger`, stored by the real IO manager as `evaluation_report`."""
-
-    @dg.asset(name="evaluation_report")
-    def stored_report() -> EvaluationReport:
-        return challenger
-
-    result = dg.materialize(
-        [stored_report, check_evaluation_report_promotion],
-        resources={"io_manager": ArtifactIOManager(root=str(tmp / "artifacts")), "mlflow": tracking},
-        raise_on_error=False,
-    )
-    evaluations = result.get_asset_check_evaluations()
-    assert len(evaluations) == 1
-    return evaluations[0]
+def champion(tracking: MLflowTracking) -> str:
+    return str(tracking.client().get_model_version_by_alias(MODEL_NAME, CHAMPION_ALIAS).version)
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> MLflowTracking:
-    """One real store for the module (creating one costs seconds); each test uses its own model name."""
-    root = tmp_path_factory.mktemp("mlflow")
-    return MLflowTracking(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", artifact_root=(root / "a").as_uri())
+def test_side_by_side_promotes_first_rejects_worse_promotes_equal(mlsd_home, mlflow_tracking, tmp_path):
+    first = trained(mlflow_tracking, tmp_path, GOOD)
+    result = evaluate_and_decide(mlsd_home, mlflow_tracking, first)
+    promotion = result.output_for_node("model_promotion")
+    assert isinstance(promotion, Promotion) and promotion.decision == "promoted"
+    assert "first champion" in promotion.reason and promotion.previous_champion == ""
+    assert result.output_for_node("evaluation_report").comparison is None
+    assert champion(mlflow_tracking) == first.registered_model_version
+
+    worse = trained(mlflow_tracking, tmp_path, bad_weights())
+    result = evaluate_and_decide(mlsd_home, mlflow_tracking, worse)
+    report = result.output_for_node("evaluation_report")
+    comparison = report.comparison
+    assert comparison["champion_version"] == first.registered_model_version and comparison["images"] == 150
+    assert comparison["b"] > 20 and comparison["c"] <= comparison["b"] // 4 and comparison["p_worse"] < 1e-4
+    assert comparison["ratio"]["pairs"] == 150
+    promotion = result.output_for_node("model_promotion")
+    assert promotion.decision == "rejected" and promotion.champion_after == first.registered_model_version
+    for fragment in (
+        f"v{worse.registered_model_version} rejected",
+        f"b={comparison['b']}",
+        f"c={comparison['c']}",
+        "latency ratio challenger/champion",
+        "McNemar one-sided p=",
+    ):
+        assert fragment in promotion.reason
+    assert champion(mlflow_tracking) == first.registered_model_version
+    (check,) = result.get_asset_check_evaluations()
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert "Side by side with champion" in Path(report.files["markdown"]).read_text()
+    tags = mlflow_tracking.client().get_model_version(MODEL_NAME, worse.registered_model_version).tags
+    assert tags["mlsd.promotion.decision"] == "rejected" and "b=" in tags["mlsd.promotion.reason"]
+    events = result.get_asset_materialization_events()
+    meta = next(e for e in events if e.asset_key == dg.AssetKey("model_promotion")).materialization.metadata
+    assert meta["decision"].value == "rejected" and meta["pushed"].value == "not pushed"
+
+    equal = trained(mlflow_tracking, tmp_path, GOOD)
+    result = evaluate_and_decide(mlsd_home, mlflow_tracking, equal)
+    comparison = result.output_for_node("evaluation_report").comparison
+    assert (comparison["b"], comparison["c"], comparison["p_worse"]) == (0, 0, 1.0)
+    promotion = result.output_for_node("model_promotion")
+    assert promotion.decision == "promoted", promotion.reason
+    assert promotion.previous_champion == first.registered_model_version
+    assert champion(mlflow_tracking) == equal.registered_model_version
 
 
-@pytest.fixture
-def name(request: pytest.FixtureRequest) -> str:
-    return "model-" + "".join(c if c.isalnum() else "-" for c in request.node.name)
+def test_both_servers_stop_when_measurement_fails(mlsd_home, mlflow_tracking, tmp_path, monkeypatch):
+    trained_first = trained(mlflow_tracking, tmp_path, GOOD)
+    evaluate_and_decide(mlsd_home, mlflow_tracking, trained_first)
+    seen: dict[str, str] = {}
+
+    def induced(base_url, images, expected, batch_size, single, log, champion_url=None, seed=0):
+        import httpx
+
+        for who, url in (("challenger", base_url), ("champion", champion_url)):
+            assert httpx.get(f"{url}/health").status_code == 200
+            seen[who] = url
+        raise dg.Failure("induced failure while both servers run", allow_retries=False)
+
+    monkeypatch.setattr("mlsd_assets.evaluation.measure.measure_server", induced)
+    challenger = trained(mlflow_tracking, tmp_path, GOOD)
+    result = evaluate_and_decide(mlsd_home, mlflow_tracking, challenger, raise_on_error=False)
+    assert not result.success and set(seen) == {"challenger", "champion"}
+    import httpx
+
+    for url in seen.values():
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{url}/health", timeout=2)
+    assert champion(mlflow_tracking) == trained_first.registered_model_version
 
 
-def champion(tracking: MLflowTracking, name: str) -> str:
-    return str(tracking.client().get_model_version_by_alias(name, CHAMPION_ALIAS).version)
-
-
-def crown(tracking: MLflowTracking, name: str, accuracy: float, p95: float) -> str:
-    """A registered, evaluated version holding the alias (figures as the evaluation writes them)."""
-    _, version = register_version(tracking, name)
-    client = tracking.client()
-    client.set_model_version_tag(name, version, ACCURACY_TAG, str(accuracy))
-    client.set_model_version_tag(name, version, P95_TAG, str(p95))
-    client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
-    return version
-
-
-def test_first_version_becomes_champion(registry, name, tmp_path):
-    run_id, version = register_version(registry, name)
-    evaluation = gate(registry, tmp_path, report(name, version, run_id, 0.8, 1.0))
-    assert evaluation.passed
-    assert "promoted as the first one" in evaluation.description
-    assert champion(registry, name) == version
-
-
-def test_better_challenger_takes_the_alias(registry, name, tmp_path):
-    old = crown(registry, name, accuracy=0.80, p95=1.0)
-    run_id, new = register_version(registry, name)
-    # 0.4 pt worse is inside the 0.5 pt margin; 15% slower is inside the 20% margin.
-    evaluation = gate(registry, tmp_path, report(name, new, run_id, 0.796, 1.15))
-    assert evaluation.passed, evaluation.description
-    assert champion(registry, name) == new != old
-    assert evaluation.metadata["champion_version"].value == old
-
-
-@pytest.mark.parametrize(
-    ("accuracy", "p95", "reason"),
-    [
-        (0.794, 1.0, "accuracy 0.7940 is more than 0.5 pt below the champion's 0.8000"),
-        (0.85, 1.21, "p95 latency 1.210 ms is more than 20% above the champion's 1.000 ms"),
-    ],
-    ids=["accuracy", "p95"],
-)
-def test_worse_challenger_leaves_the_alias(registry, name, tmp_path, accuracy, p95, reason):
-    old = crown(registry, name, accuracy=0.80, p95=1.0)
-    run_id, new = register_version(registry, name)
-    evaluation = gate(registry, tmp_path, report(name, new, run_id, accuracy, p95))
-    assert not evaluation.passed
-    assert evaluation.severity == dg.AssetCheckSeverity.ERROR
-    assert reason in evaluation.description
-    assert champion(registry, name) == old
+def test_gate_refuses_a_comparison_with_a_stale_champion(mlsd_home, mlflow_tracking, tmp_path):
+    first = trained(mlflow_tracking, tmp_path, GOOD)
+    evaluate_and_decide(mlsd_home, mlflow_tracking, first)
+    second = trained(mlflow_tracking, tmp_path, GOOD)
+    result = evaluate_and_decide(mlsd_home, mlflow_tracking, second, raise_on_error=False, compare_with_champion=False)
+    assert result.output_for_node("evaluation_report").comparison is None
+    (failure,) = result.get_step_failure_events()
+    assert failure.step_key == "model_promotion"
+    assert "compared with no champion: rematerialize evaluation_report" in str(failure.event_specific_data.error)
+    assert champion(mlflow_tracking) == first.registered_model_version

@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from mlsd_assets.evaluation.assets import evaluation_report
-from mlsd_assets.evaluation.checks import CHAMPION_ALIAS, check_evaluation_report_promotion
+from mlsd_assets.evaluation.assets import evaluation_report, model_promotion
+from mlsd_assets.evaluation.checks import check_model_promotion_accepted
 from mlsd_assets.evaluation.measure import offline_predictions
+from mlsd_assets.evaluation.promotion import CHAMPION_ALIAS
 from mlsd_assets.io_manager import ArtifactIOManager
 from mlsd_assets.ml.splits import Cifar10Split
 from mlsd_assets.resources import DataPaths
@@ -36,7 +37,7 @@ from mlsd_assets_tests.training.tiny import TINY
 pytestmark = pytest.mark.docker
 MODEL_ASSETS = [cifar10_model, cifar10_onnx, check_cifar10_onnx_parity]
 TINY_MODEL_CONFIG = {k: v for k, v in TINY.items() if k != "eval_batch_size"} | {"widths": [*TINY["widths"]]}
-SERVING_ASSETS = [inference_server_image, evaluation_report, check_evaluation_report_promotion]
+SERVING_ASSETS = [inference_server_image, evaluation_report, model_promotion, check_model_promotion_accepted]
 log = logging.getLogger("test")
 
 
@@ -90,7 +91,7 @@ def test_image_built_run_evaluated_and_removed(pipeline, docker_engine):
     assert eval_containers(client, report.server) == [], "evaluation container left behind"
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert checks["check_cifar10_onnx_parity"].passed
-    assert checks["check_evaluation_report_promotion"].passed
+    assert checks["check_model_promotion_accepted"].passed
     registry = mlflow.client()
     champion = registry.get_model_version_by_alias(report.model_name, CHAMPION_ALIAS)
     assert str(champion.version) == report.model_version
