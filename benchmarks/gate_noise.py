@@ -94,6 +94,10 @@ def main() -> int:
     if not args.data.exists():
         print(f"data not found: {args.data} (pass --data PATH to cifar10-jpeg.tar.gz)", file=sys.stderr)
         return 2
+    from mlsd_assets.ml.allocator import reexec_with_jemalloc
+
+    if not args.onnx:
+        reexec_with_jemalloc()  # training steps on CPU: an allocator that keeps its pages
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     log = logging.getLogger("gate-noise")
     for noisy in ("docker", "urllib3"):

@@ -1,11 +1,12 @@
-"""evaluation_report: start the built image, send the whole test split over HTTP, record what users get."""
+"""evaluation_report (the image beside the champion's, over HTTP), model_promotion (the gate), rollback."""
 
 import hashlib
+import logging
 import uuid
 from contextlib import AbstractContextManager, ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import dagster as dg
 
@@ -18,6 +19,9 @@ from mlsd_assets.serving.artifacts import ServerImage
 from mlsd_assets.serving.assets import TRANSIENT_RETRY
 from mlsd_assets.serving.resources import DockerEngine
 from mlsd_assets.training.resources import MLflowTracking
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
 
 # Model-version tags: the figures of the evaluation itself (the gate compares side by side, not these).
 ACCURACY_TAG = "mlsd.eval.accuracy"
@@ -105,11 +109,12 @@ def evaluation_report(
             running = servers.enter_context(
                 running_local_process(model_path, out_dir / "server.log", context.log, config.health_timeout_s)
             )
-        champion_server = None
+        champion_server, champion_source = None, ""
         if champion is not None:
-            champion_server = servers.enter_context(
-                _champion_server(champion, config, docker, mlflow, out_dir, f"mlsd-champion-{run_tag}", context.log)
+            starting, champion_source = _champion_server(
+                champion, config, docker, mlflow, out_dir, f"mlsd-champion-{run_tag}", context.log
             )
+            champion_server = servers.enter_context(starting)
         measured = measure_server(
             running.base_url,
             images,
@@ -132,7 +137,7 @@ def evaluation_report(
             measured.champion_seconds,
             measured.single_seconds,
             str(champion.version),
-            champion_server.name,
+            champion_source,
         ).to_dict()
     title = f"{cifar10_onnx.registered_model_name} v{version}"
     png = draw_confusion(confusion, classes, out_dir / "confusion_matrix.png", title)
@@ -204,15 +209,16 @@ def _comparison_metadata(comparison: dict) -> dict:
 
 
 def _champion_server(
-    champion,
+    champion: "ModelVersion",
     config: EvaluationConfig,
     docker: DockerEngine,
     mlflow: MLflowTracking,
     out_dir: Path,
     name: str,
-    log,
-) -> AbstractContextManager:
-    """The champion served like the challenger: its image (engine or registry), or its ONNX file from MLflow."""
+    log: logging.Logger,
+) -> tuple[AbstractContextManager, str]:
+    """The champion served like the challenger (its image from the engine or registry, or its ONNX file from
+    MLflow), and what it is."""
     from mlsd_assets.evaluation.promotion import champion_onnx, resolve_image
     from mlsd_assets.serving.runtime import running_container, running_local_process
 
@@ -228,9 +234,10 @@ def _champion_server(
             log,
             config.champion_image,
         )
-        return running_container(client, image_id, name, log, config.health_timeout_s)
+        return running_container(client, image_id, name, log, config.health_timeout_s), f"image {image_id[:19]}"
     model_path = champion_onnx(mlflow.client(), champion, out_dir / "champion")
-    return running_local_process(model_path, out_dir / "champion-server.log", log, config.health_timeout_s)
+    server = running_local_process(model_path, out_dir / "champion-server.log", log, config.health_timeout_s)
+    return server, f"local process on {model_path.name} from run {champion.run_id}"
 
 
 def _log_to_mlflow(mlflow: MLflowTracking, report: EvaluationReport, out_dir: Path) -> None:

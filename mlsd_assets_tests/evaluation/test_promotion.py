@@ -161,3 +161,48 @@ def test_gate_refuses_a_comparison_with_a_stale_champion(mlsd_home, mlflow_track
     assert failure.step_key == "model_promotion"
     assert "compared with no champion: rematerialize evaluation_report" in str(failure.event_specific_data.error)
     assert champion(mlflow_tracking) == first.registered_model_version
+
+
+def test_rollback_command_moves_the_alias_and_records_why(mlsd_home, monkeypatch):
+    """No registry configured: the alias moves back and the record says who and why; a bad version is named."""
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.delenv("MLSD_IMAGE_REGISTRY", raising=False)
+    tracking = MLflowTracking(
+        tracking_uri=f"sqlite:///{mlsd_home / 'mlflow' / 'mlflow.db'}",
+        artifact_root=(mlsd_home / "mlflow" / "artifacts").as_uri(),
+    )
+    name = tracking.registered_model_name
+    for _ in range(2):
+        register_version(tracking, name)
+    tracking.client().set_registered_model_alias(name, CHAMPION_ALIAS, "2")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        root = Path(__file__).resolve().parents[2]
+        return subprocess.run(
+            [sys.executable, "-m", "mlsd_assets", "rollback", *args],
+            cwd=root,
+            env=dict(os.environ),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    done = cli("--to-version", "1", "--reason", "v2 drifts")
+    assert done.returncode == 0, done.stderr
+    assert "champion is now v1 (was v2); pushed: not pushed" in done.stdout
+    client = tracking.client()
+    assert str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == "1"
+    tags = client.get_model_version(name, "1").tags
+    assert tags["mlsd.rollback.reason"] == "v2 drifts" and tags["mlsd.rollback.previous_champion"] == "2"
+    instance = dg.DagsterInstance.from_config(str(mlsd_home / "dagster"))
+    event = instance.get_latest_materialization_event(dg.AssetKey("model_promotion"))
+    assert event.asset_materialization.metadata["decision"].value == "rolled back"
+
+    missing = cli("--to-version", "9")
+    assert missing.returncode == 1
+    assert "rollback failed: rollback_job" in missing.stderr and "has no version '9'" in missing.stderr
+    again = cli("--to-version", "1")
+    assert again.returncode == 1 and "already holds `champion`" in again.stderr
