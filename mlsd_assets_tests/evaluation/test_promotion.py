@@ -135,7 +135,7 @@ def test_both_servers_stop_when_measurement_fails(mlsd_home, mlflow_tracking, tm
         import httpx
 
         for who, url in (("challenger", base_url), ("champion", champion_url)):
-            assert httpx.get(f"{url}/health").status_code == 200
+            assert httpx.get(f"{url}/v2/health/ready").status_code == 200
             seen[who] = url
         raise dg.Failure("induced failure while both servers run", allow_retries=False)
 
@@ -147,7 +147,7 @@ def test_both_servers_stop_when_measurement_fails(mlsd_home, mlflow_tracking, tm
 
     for url in seen.values():
         with pytest.raises(httpx.TransportError):
-            httpx.get(f"{url}/health", timeout=2)
+            httpx.get(f"{url}/v2/health/ready", timeout=2)
     assert champion(mlflow_tracking) == trained_first.registered_model_version
 
 

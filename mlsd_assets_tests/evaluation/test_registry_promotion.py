@@ -195,7 +195,7 @@ def test_both_containers_removed_when_side_by_side_fails(world, first, monkeypat
 
     def induced(base_url, images, expected, batch_size, single, log, champion_url=None, seed=0):
         for who, url in (("challenger", base_url), ("champion", champion_url)):
-            assert httpx.get(f"{url}/health", timeout=5).status_code == 200
+            assert httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200
             seen[who] = url
         raise dg.Failure("induced failure while both containers run", allow_retries=False)
 
