@@ -36,8 +36,13 @@ class PipelineFailed(RuntimeError):
 
 
 def _execute(
-    defs: dg.Definitions, instance: dg.DagsterInstance, job_name: str, partition: str | None = None,
-    assets: Sequence[str] | None = None, run_config: dict | None = None, tags: dict[str, str] | None = None,
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    job_name: str,
+    partition: str | None = None,
+    assets: Sequence[str] | None = None,
+    run_config: dict | None = None,
+    tags: dict[str, str] | None = None,
 ) -> dg.ExecuteInProcessResult:
     where = f"{job_name}" + (f" [{partition}]" if partition else "")
     print(f"--> {where}", flush=True)
@@ -134,8 +139,10 @@ def rollback(to_version: str, reason: str) -> None:
     result = _execute(defs, dg.DagsterInstance.get(), rollback_job.name, run_config=run_config, tags=tags)
     for event in result.get_asset_materialization_events():
         meta = event.materialization.metadata
-        print(f"champion is now v{meta['champion_after'].value} (was v{meta['previous_champion'].value}); "
-              f"pushed: {meta['pushed'].value}")
+        print(
+            f"champion is now v{meta['champion_after'].value} (was v{meta['previous_champion'].value}); "
+            f"pushed: {meta['pushed'].value}"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
