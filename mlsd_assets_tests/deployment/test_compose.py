@@ -12,7 +12,7 @@ import yaml
 from mlsd_assets_tests.deployment.compose import compose_command
 
 DOCKER_DIR = Path(__file__).resolve().parents[2] / "docker"
-SERVICES = {"postgres", "mlflow", "user_code", "webserver", "daemon"}
+SERVICES = {"postgres", "mlflow", "user_code", "webserver", "daemon", "registry", "prometheus"}
 
 
 def _yaml(name: str) -> dict[str, Any]:
@@ -61,9 +61,13 @@ def test_compose_config_validates(resolved: dict[str, Any]) -> None:
         env = services[name]["environment"]
         assert env["DAGSTER_POSTGRES_HOST"] == "postgres" and env["DAGSTER_POSTGRES_PASSWORD"] == "change-me"
     command = services["mlflow"]["command"]
-    assert "--backend-store-uri=postgresql://mlsd:change-me@postgres:5432/mlflow" in command
+    assert "--backend-store-uri=postgresql+psycopg2://mlsd:change-me@postgres:5432/mlflow" in command
     assert "--artifacts-destination=/mlflow/artifacts" in command
     assert any(v["target"] == "/mlflow/artifacts" for v in services["mlflow"]["volumes"])
+    # nothing is published beyond loopback unless MLSD_BIND_ADDRESS says so
+    published = [p for s in services.values() for p in s.get("ports", [])]
+    assert len(published) == 5 and all(p["host_ip"] == "127.0.0.1" for p in published), published
+    assert resolved["networks"]["mlsd_network"]["ipam"]["config"][0]["subnet"] == "10.213.0.0/24"
 
 
 def test_compose_config_requires_the_password(tmp_path: Path) -> None:
@@ -100,7 +104,18 @@ def test_compose_agrees_with_instance_and_workspace(resolved: dict[str, Any]) ->
         missing = set(launcher["config"]["env_vars"]) - set(services[name]["environment"])
         assert not missing, f"{name} cannot forward {sorted(missing)} to run containers"
     (grpc,) = (entry["grpc_server"] for entry in _yaml("workspace.yaml")["load_from"])
-    assert grpc["host"] == user_code["container_name"]
+    assert grpc["host"] == "user_code"  # the service name, resolved on the compose network
     assert str(grpc["port"]) in user_code["command"]
     for name in ("webserver", "daemon"):
         assert any(v["source"] == "/var/run/docker.sock" for v in services[name]["volumes"]), name
+    for name in ("webserver", "daemon", "user_code"):
+        mounts = {v["target"]: v["source"] for v in services[name]["volumes"]}
+        assert mounts["/opt/dagster/dagster_home/dagster.yaml"] == str(DOCKER_DIR / "dagster.yaml"), name
+
+
+def test_instance_survives_crashed_runs() -> None:
+    """Run monitoring fails a run whose container died; run retries start it again (docker/dagster.yaml)."""
+    instance = _yaml("dagster.yaml")
+    assert instance["run_monitoring"]["enabled"] and instance["run_monitoring"]["poll_interval_seconds"] <= 30
+    assert instance["run_monitoring"]["max_resume_run_attempts"] == 0
+    assert instance["run_retries"] == {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}

@@ -39,6 +39,7 @@ def deployment_env(postgres_server: PostgresServer, tmp_path: Path) -> dict[str,
         "MLSD_DEPLOYMENT": "docker",
         "MLSD_CIFAR10_SOURCE": str(source),
         "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "MLSD_MLFLOW_ARTIFACT_ROOT": (home / "mlflow-artifacts").as_uri(),
     }
     forwarded = deployment_instance_config()["run_launcher"]["config"]["env_vars"]
     assert set(forwarded) == set(env) - {"DAGSTER_CURRENT_IMAGE"}

@@ -1,0 +1,65 @@
+"""A second Docker engine on its own socket, data root and exec root: the stand-in for a second machine."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlsd_assets.serving.runtime import stop_process
+
+
+@dataclass
+class SecondEngine:
+    """dockerd without a bridge or iptables rules of its own (its containers use the host network), so it
+    never touches the chains of the engine already running here."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    run_dir: Path
+    data_root: Path
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.run_dir / 'docker.sock'}"
+
+    @classmethod
+    def start(cls, name: str, timeout_s: float = 90) -> SecondEngine:
+        if shutil.which("dockerd") is None:
+            raise RuntimeError("dockerd is not installed (apt-get install docker.io)")
+        run_dir = Path(f"/run/{name}-engine")
+        data_root = Path(f"/var/lib/{name}-engine")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log = (run_dir / "dockerd.log").open("wb")
+        process = subprocess.Popen(
+            [
+                "dockerd",
+                f"--host=unix://{run_dir / 'docker.sock'}",
+                f"--data-root={data_root}",
+                f"--exec-root={run_dir / 'exec'}",
+                f"--pidfile={run_dir / 'dockerd.pid'}",
+                "--storage-driver=vfs",
+                "--bridge=none",
+                "--iptables=false",
+                "--ip6tables=false",
+                "--ip-masq=false",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        engine = cls(name, process, run_dir, data_root)
+        deadline = time.monotonic() + timeout_s
+        while subprocess.run(["docker", "-H", engine.host, "info"], capture_output=True).returncode != 0:
+            if process.poll() is not None or time.monotonic() > deadline:
+                engine.stop()
+                raise RuntimeError(f"second dockerd did not answer:\n{(run_dir / 'dockerd.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        return engine
+
+    def stop(self) -> None:
+        stop_process(self.process, timeout_s=30)
+        shutil.rmtree(self.data_root, ignore_errors=True)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
