@@ -36,7 +36,16 @@ SPLIT_CONFIG = {
 TINY_MODEL = {"widths": [8, 16, 16], "epochs": 2, "batch_size": 50, "lr": 0.2, "muon_lr": 0.1}
 # slow enough (a few seconds an epoch on 2 busy cores) that the kill lands in the middle of training
 SLOW_MODEL = {**TINY_MODEL, "widths": [48, 96, 96], "epochs": 8, "threads": 1}
-QUEUE_PATH = ["RUN_ENQUEUED", "RUN_DEQUEUED", "RUN_STARTING", "RUN_START", "RUN_SUCCESS"]
+QUEUE_PATH = [
+    e.value
+    for e in (
+        dg.DagsterEventType.RUN_ENQUEUED,
+        dg.DagsterEventType.RUN_DEQUEUED,
+        dg.DagsterEventType.RUN_STARTING,
+        dg.DagsterEventType.RUN_START,
+        dg.DagsterEventType.RUN_SUCCESS,
+    )
+]
 
 
 def _model_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -207,6 +216,21 @@ def test_stack_runs_a_queued_job_in_containers(stack: Stack, tmp_path: Path) -> 
     assert all(p.stat().st_size > 10_000 for p in shots)
 
 
+def _mlflow_run_of(stack: Stack, dagster_run_id: str) -> dict[str, Any] | None:
+    """The MLflow run a Dagster run started (tag dagster.run_id), or None before it exists."""
+    experiment = httpx.get(
+        f"{stack.mlflow_url}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": EXPERIMENT}
+    ).json()["experiment"]["experiment_id"]
+    body = {"experiment_ids": [experiment], "filter": f"tags.`dagster.run_id` = '{dagster_run_id}'"}
+    runs = httpx.post(f"{stack.mlflow_url}/api/2.0/mlflow/runs/search", json=body, timeout=30).json().get("runs", [])
+    return runs[0] if runs else None
+
+
+def _epochs_in_mlflow(stack: Stack, mlflow_run_id: str) -> list[int]:
+    history = _mlflow(stack, "metrics/get-history", run_id=mlflow_run_id, metric_key="val_accuracy")
+    return sorted(int(m["step"]) for m in history.get("metrics", []))
+
+
 def test_killed_run_container_is_retried_and_resumes(stack: Stack) -> None:
     """SIGKILL of the run container mid-training: run monitoring fails the run, run retries start a new one,
     which resumes from the last epoch checkpoint in the same MLflow run; no second registered version."""
@@ -216,7 +240,10 @@ def test_killed_run_container_is_retried_and_resumes(stack: Stack) -> None:
     started = time.monotonic()
     run_id = stack.launch("__ASSET_JOB", assets=["cifar10_model"], run_config=_model_config(SLOW_MODEL))
     deadline = time.monotonic() + 600
-    while not any(f"epoch 2/{epochs}:" in m for m in stack.run_messages(run_id)):
+    # kill once epoch 2 is checkpointed and in MLflow (the checkpoint is written before either is logged)
+    while (mlflow_run := _mlflow_run_of(stack, run_id)) is None or max(
+        _epochs_in_mlflow(stack, mlflow_run["info"]["run_id"]), default=0
+    ) < 2:
         assert time.monotonic() < deadline, stack.failure_details(run_id)
         assert stack.status(run_id) not in ("SUCCESS", "FAILURE"), stack.failure_details(run_id)
         time.sleep(0.3)
@@ -225,7 +252,8 @@ def test_killed_run_container_is_retried_and_resumes(stack: Stack) -> None:
     )[0]
     docker("kill", "--signal", "KILL", container_id)
     killed_at = time.monotonic() - started
-    logged = [m for m in stack.run_messages(run_id) if m.startswith("epoch ") and f"/{epochs}:" in m]
+    mlflow_run_id = mlflow_run["info"]["run_id"]
+    logged = [m.split(":")[0] for m in stack.run_messages(run_id) if m.startswith("epoch ") and f"/{epochs}:" in m]
     killed_epoch = len(logged)
     assert 2 <= killed_epoch < epochs, logged
 
@@ -233,9 +261,8 @@ def test_killed_run_container_is_retried_and_resumes(stack: Stack) -> None:
     failed_at = time.monotonic() - started
     assert any("Container status is exited" in m for m in stack.run_messages(run_id)), stack.failure_details(run_id)
     deadline = time.monotonic() + 300
-    while not (
-        retry := stack.sql("SELECT run_id FROM run_tags WHERE key = 'dagster/parent_run_id' AND value = %s", (run_id,))
-    ):
+    query = "SELECT run_id FROM run_tags WHERE key = 'dagster/parent_run_id' AND value = %s"
+    while not (retry := stack.sql(query, (run_id,))):
         assert time.monotonic() < deadline, f"no retry of {run_id}:\n{stack.logs('daemon')}"
         time.sleep(1)
     retry_id = retry[0][0]
@@ -244,22 +271,22 @@ def test_killed_run_container_is_retried_and_resumes(stack: Stack) -> None:
 
     retry_messages = stack.run_messages(retry_id)
     resumed = [m for m in retry_messages if m.startswith("resuming from checkpoint")]
-    assert resumed and resumed[0].endswith(f"after epoch {killed_epoch}/{epochs}"), resumed
-    retry_epochs = [m.split(":")[0] for m in retry_messages if m.startswith("epoch ")]
+    assert resumed and resumed[0].endswith(f"after epoch {killed_epoch}/{epochs}"), (logged, resumed)
+    retry_epochs = [m.split(":")[0] for m in retry_messages if m.startswith("epoch ") and f"/{epochs}:" in m]
     assert retry_epochs == [f"epoch {e}/{epochs}" for e in range(killed_epoch + 1, epochs + 1)], retry_epochs
     metadata = _materialization(stack, retry_id, "cifar10_model")
     assert metadata["resumed_from_epoch"] == killed_epoch
-    # one MLflow run across both attempts: every epoch's metric once, and one new registered version
-    history = _mlflow(stack, "metrics/get-history", run_id=metadata["mlflow_run_id"], metric_key="val_accuracy")
-    assert sorted(m["step"] for m in history["metrics"]) == list(range(1, epochs + 1)), history
+    # one MLflow run across both attempts, every epoch's metric once, and one new registered version
+    assert metadata["mlflow_run_id"] == mlflow_run_id
+    assert _epochs_in_mlflow(stack, mlflow_run_id) == list(range(1, epochs + 1))
     versions = _model_versions(stack)
     assert len(versions) == versions_before + 1
-    assert max(versions, key=lambda v: int(v["version"]))["run_id"] == metadata["mlflow_run_id"]
+    assert max(versions, key=lambda v: int(v["version"]))["run_id"] == mlflow_run_id
     print(
-        f"\ncrash-retry timeline: launched 0 s; epoch {killed_epoch}/{epochs} logged, container SIGKILLed at "
-        f"{killed_at:.0f} s; run marked FAILURE at {failed_at:.0f} s; retry {retry_id[:8]} resumed after epoch "
-        f"{killed_epoch} and finished at {finished_at:.0f} s; MLflow run {metadata['mlflow_run_id']}, "
-        f"registered versions {versions_before} -> {len(versions)}"
+        f"\ncrash-retry timeline ({epochs} epochs): launched at 0 s; after epoch {killed_epoch} the run container "
+        f"was SIGKILLed at {killed_at:.0f} s; run {run_id[:8]} marked FAILURE at {failed_at:.0f} s; retry "
+        f"{retry_id[:8]} resumed after epoch {killed_epoch}, finished at {finished_at:.0f} s; one MLflow run "
+        f"{mlflow_run_id}; registered versions {versions_before} -> {len(versions)}"
     )
 
 
