@@ -21,7 +21,8 @@ from mlsd_assets_tests.cifar_files import write_cifar_python_tarball
 from mlsd_assets_tests.deployment.instance import code_server_args, deployment_instance_config, write_dagster_home
 from mlsd_assets_tests.deployment.postgres import PostgresServer
 
-pytestmark = [pytest.mark.postgres, pytest.mark.docker]
+# the session fixture builds the light image first when its inputs changed (about 11 min on a busy 2-core machine)
+pytestmark = [pytest.mark.postgres, pytest.mark.docker, pytest.mark.timeout(1800)]
 
 PARTITION = "data_batch_1"
 DAGSTER_BIN = Path(sys.executable).parent / "dagster"
