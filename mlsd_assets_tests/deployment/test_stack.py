@@ -40,8 +40,7 @@ SLOW_MODEL = {**TINY_MODEL, "widths": [48, 96, 96], "epochs": 8, "threads": 1}
 QUEUE_PATH = [
     e.value
     for e in (
-        dg.DagsterEventType.RUN_ENQUEUED,
-        dg.DagsterEventType.RUN_DEQUEUED,
+        dg.DagsterEventType.RUN_ENQUEUED,  # the daemon dequeues and launches: STARTING, from the launcher
         dg.DagsterEventType.RUN_STARTING,
         dg.DagsterEventType.RUN_START,
         dg.DagsterEventType.RUN_SUCCESS,
