@@ -170,6 +170,18 @@ class Stack:
     def up(self, *services: str, instance_config: str = "dagster.yaml") -> None:
         self.compose_run("up", "-d", "--wait", "--wait-timeout", "600", *services, instance_config=instance_config)
 
+    def stop_automation(self) -> None:
+        """Stop the location's sensors and schedules (they start RUNNING), so only the test launches runs."""
+        from mlsd_assets.definitions import defs
+
+        repository = defs.get_repository_def()
+        for kind, names in (
+            ("sensor", [s.name for s in repository.sensor_defs]),
+            ("schedule", [s.name for s in repository.schedule_defs]),
+        ):
+            for name in names:
+                self.compose_run("exec", "-T", "daemon", "dagster", kind, "stop", name, "-w", "workspace.yaml")
+
     def logs(self, *services: str) -> str:
         try:
             return self.compose_run("logs", "--no-color", "--tail", "80", *services, timeout=60)[-12000:]

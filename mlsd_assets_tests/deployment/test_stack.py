@@ -74,6 +74,7 @@ def stack(docker_engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
     try:
         started = time.monotonic()
         stack.up()
+        stack.stop_automation()  # e.g. retraining_sensor would train again after every split
         print(
             f"\nimages ready in {built:.0f} s; compose up --wait of {len(SERVICES)} services: "
             f"{time.monotonic() - started:.0f} s (subnet {stack.subnet}, project {project})"
