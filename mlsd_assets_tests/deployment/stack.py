@@ -193,6 +193,7 @@ class Stack:
 
     def down(self) -> None:
         """Run containers (on every engine used), then the project with its volumes; asserts nothing is left."""
+        self.compose_run("stop", "daemon")  # first: it would launch queued runs and retries meanwhile
         for host in {None, self.run_engine}:
             ids = self.run_containers(host)
             if ids:

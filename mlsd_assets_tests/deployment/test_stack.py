@@ -260,7 +260,8 @@ def test_killed_run_container_is_retried_and_resumes(stack: Stack) -> None:
 
     assert stack.wait_finished(run_id, timeout=300) == "FAILURE"
     failed_at = time.monotonic() - started
-    assert any("Container status is exited" in m for m in stack.run_messages(run_id)), stack.failure_details(run_id)
+    # run monitoring's verdict: "Detected run worker status ... Marking run <id> as failed."
+    assert any("Detected run worker status" in m for m in stack.run_messages(run_id)), stack.failure_details(run_id)
     deadline = time.monotonic() + 300
     query = "SELECT run_id FROM run_tags WHERE key = 'dagster/parent_run_id' AND value = %s"
     while not (retry := stack.sql(query, (run_id,))):
