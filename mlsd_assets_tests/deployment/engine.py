@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import time
@@ -13,13 +14,15 @@ from mlsd_assets.serving.runtime import stop_process
 
 @dataclass
 class SecondEngine:
-    """dockerd without a bridge or iptables rules of its own (its containers use the host network), so it
-    never touches the chains of the engine already running here."""
+    """dockerd with a bridge and no iptables rules of its own (its containers use the host network), so it never
+    touches the chains or the docker0 bridge of the engine already running here: a dockerd started with
+    `--bridge=none` deletes docker0, which would cut the first engine's default network."""
 
     name: str
     process: subprocess.Popen[bytes]
     run_dir: Path
     data_root: Path
+    bridge: str
 
     @property
     def host(self) -> str:
@@ -32,6 +35,11 @@ class SecondEngine:
         run_dir = Path(f"/run/{name}-engine")
         data_root = Path(f"/var/lib/{name}-engine")
         run_dir.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(name.encode()).digest()
+        bridge = f"mlsd2-{digest.hex()[:8]}"
+        subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+        subprocess.run(["ip", "addr", "add", f"10.254.{digest[0]}.1/24", "dev", bridge], check=True)
+        subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
         log = (run_dir / "dockerd.log").open("wb")
         process = subprocess.Popen(
             [
@@ -41,7 +49,7 @@ class SecondEngine:
                 f"--exec-root={run_dir / 'exec'}",
                 f"--pidfile={run_dir / 'dockerd.pid'}",
                 "--storage-driver=vfs",
-                "--bridge=none",
+                f"--bridge={bridge}",
                 "--iptables=false",
                 "--ip6tables=false",
                 "--ip-masq=false",
@@ -50,7 +58,7 @@ class SecondEngine:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        engine = cls(name, process, run_dir, data_root)
+        engine = cls(name, process, run_dir, data_root, bridge)
         deadline = time.monotonic() + timeout_s
         while subprocess.run(["docker", "-H", engine.host, "info"], capture_output=True).returncode != 0:
             if process.poll() is not None or time.monotonic() > deadline:
@@ -63,3 +71,4 @@ class SecondEngine:
         stop_process(self.process, timeout_s=30)
         shutil.rmtree(self.data_root, ignore_errors=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)
+        subprocess.run(["ip", "link", "del", self.bridge], check=False)

@@ -22,8 +22,9 @@ from mlsd_assets_tests.deployment.images import ensure_image
 from mlsd_assets_tests.deployment.instance import deployment_instance_config
 from mlsd_assets_tests.deployment.stack import SERVICES, STACK_LABEL, Stack, docker
 
-# the first test also builds the images when their inputs changed (about 15 min on a busy 2-core machine)
-pytestmark = [pytest.mark.docker, pytest.mark.timeout(3600)]
+# The first test also builds the images when their inputs changed (about 15-35 min on a busy 2-core machine), so the
+# module is `slow` (`make test-all`): CI's 90 minutes cannot afford a cold build of six images under vfs.
+pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.timeout(3600)]
 
 IMAGES = ("postgres", "mlflow", "user-code", "dagster", "registry", "prometheus")
 MODEL = "mlsd-cifar10-classifier"

@@ -25,6 +25,7 @@ ASSETS = [
     "cifar10_onnx",
     "inference_server_image",
     "evaluation_report",
+    "model_promotion",
 ]
 
 
