@@ -46,3 +46,4 @@ test-all: setup
 
 lint: setup
 	$(BIN)/ruff check mlsd_assets mlsd_assets_tests benchmarks
+	$(BIN)/ruff format --check mlsd_assets mlsd_assets_tests benchmarks

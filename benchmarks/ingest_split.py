@@ -37,14 +37,10 @@ def peak_rss_mb() -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", nargs="?", type=Path, default=DEFAULT.resolve())
-    parser.add_argument(
-        "--workdir", type=Path, default=None, help="where cache and artifacts go (default: a temp dir)"
-    )
+    parser.add_argument("--workdir", type=Path, default=None, help="where cache and artifacts go (default: a temp dir)")
     args = parser.parse_args()
     if not args.source.exists():
-        print(
-            f"benchmark data not found: {args.source} (pass the path to cifar10-jpeg.tar.gz)", file=sys.stderr
-        )
+        print(f"benchmark data not found: {args.source} (pass the path to cifar10-jpeg.tar.gz)", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING)
     log = logging.getLogger("ingest_split")
@@ -52,8 +48,7 @@ def main() -> int:
         work = Path(tmp)
         load = os.getloadavg()[0]
         print(
-            f"source {args.source} ({args.source.stat().st_size / 1e6:.1f} MB), "
-            f"cpus {os.cpu_count()}, load {load:.1f}"
+            f"source {args.source} ({args.source.stat().st_size / 1e6:.1f} MB), cpus {os.cpu_count()}, load {load:.1f}"
         )
         cpu = cpu_seconds()
         total = time.perf_counter()
@@ -62,16 +57,12 @@ def main() -> int:
             batch = read_official_batch(str(args.source), partition, work / "downloads", log)
             batch.save(work / "artifacts" / "raw_cifar10" / f"{partition}.npz")
             label = "first partition (decodes the archive into the cache)" if i == 0 else partition
-            print(
-                f"  raw_cifar10[{partition}]: {len(batch)} images, {time.perf_counter() - t:.2f} s  ({label})"
-            )
+            print(f"  raw_cifar10[{partition}]: {len(batch)} images, {time.perf_counter() - t:.2f} s  ({label})")
             t = time.perf_counter()
             del batch
         ingest = time.perf_counter() - total
         t = time.perf_counter()
-        batches = {
-            p: RawBatch.load(work / "artifacts" / "raw_cifar10" / f"{p}.npz") for p in OFFICIAL_BATCHES
-        }
+        batches = {p: RawBatch.load(work / "artifacts" / "raw_cifar10" / f"{p}.npz") for p in OFFICIAL_BATCHES}
         loading = time.perf_counter() - t
         t = time.perf_counter()
         split = build_split(batches, 0.1, log)

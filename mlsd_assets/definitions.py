@@ -30,9 +30,7 @@ defs = dg.Definitions(
     assets=dg.load_assets_from_modules(_asset_modules),
     asset_checks=dg.load_asset_checks_from_modules(_check_modules),
     jobs=JOBS,
-    schedules=[
-        build_training_schedule(settings.training_cron, settings.training_timezone, settings.force_training)
-    ],
+    schedules=[build_training_schedule(settings.training_cron, settings.training_timezone, settings.force_training)],
     sensors=build_sensors(settings.sensor_interval_s),
     resources={
         "io_manager": ArtifactIOManager(root=str(settings.artifacts_dir)),

@@ -41,9 +41,7 @@ def write_cifar_python_dir(root: Path, per_batch: int = 50, seed: int = 0) -> Pa
         images, labels = make_images(per_batch, seed=seed * 100 + i)
         write_pickle_batch(out / name, images, labels, f"{name} of 6")
     with open(out / "batches.meta", "wb") as fh:
-        pickle.dump(
-            {b"label_names": [c.encode() for c in CIFAR10_CLASSES], b"num_cases_per_batch": per_batch}, fh
-        )
+        pickle.dump({b"label_names": [c.encode() for c in CIFAR10_CLASSES], b"num_cases_per_batch": per_batch}, fh)
     return out
 
 
@@ -56,9 +54,7 @@ def write_image_folder(root: Path, images: np.ndarray, labels: np.ndarray, fmt: 
     return root
 
 
-def write_image_folder_tree(
-    root: Path, n_train: int = 100, n_test: int = 20, fmt: str = "png", seed: int = 0
-) -> Path:
+def write_image_folder_tree(root: Path, n_train: int = 100, n_test: int = 20, fmt: str = "png", seed: int = 0) -> Path:
     """`root/train/<class>/…` and `root/test/<class>/…`: the layout of ../shared/data/cifar10-jpeg.tar.gz."""
     for split, n, s in (("train", n_train, seed), ("test", n_test, seed + 1)):
         images, labels = make_images(n, seed=s)

@@ -1,6 +1,5 @@
 """Where failure alerts go: a webhook whose URL is a secret (dg.EnvVar), never shown in config or the UI."""
 
-
 import json
 import urllib.request
 from typing import Any

@@ -47,16 +47,13 @@ class Drift:
         out = []
         if self.label_tv > config.max_label_tv and self.label_p_value < config.label_p_value:
             out.append(
-                f"label distribution TV {self.label_tv:.3f} > {config.max_label_tv} "
-                f"(p={self.label_p_value:.2g})"
+                f"label distribution TV {self.label_tv:.3f} > {config.max_label_tv} (p={self.label_p_value:.2g})"
             )
         for name, shift, ratio in zip(CHANNELS, self.mean_shift, self.std_ratio, strict=True):
             if abs(shift) > config.max_mean_shift:
                 out.append(f"{name} mean shifted by {shift:+.3f} (> {config.max_mean_shift})")
             if max(ratio, 1 / ratio) > config.max_std_ratio:
-                out.append(
-                    f"{name} std ratio {ratio:.2f} (outside 1/{config.max_std_ratio}..{config.max_std_ratio})"
-                )
+                out.append(f"{name} std ratio {ratio:.2f} (outside 1/{config.max_std_ratio}..{config.max_std_ratio})")
         return out
 
 
@@ -93,9 +90,7 @@ def _reference(io_manager: ArtifactIOManager, partition: str) -> Reference | Non
         split = Cifar10Split.load(split_path)
         _, labels = split.arrays("train")
         counts = np.bincount(labels, minlength=len(CIFAR10_CLASSES))
-        return Reference(
-            counts, np.array(split.mean), np.array(split.std), f"cifar10_split train rows ({split_path})"
-        )
+        return Reference(counts, np.array(split.mean), np.array(split.std), f"cifar10_split train rows ({split_path})")
     paths = {
         key: io_manager.path_for(dg.AssetKey("raw_cifar10"), key, RawBatch.suffix)
         for key in OFFICIAL_TRAIN_BATCHES

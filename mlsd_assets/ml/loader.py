@@ -35,9 +35,7 @@ class TrainBatches:
         drop_last: bool = False,
     ) -> None:
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
-            raise ValueError(
-                f"train images: expected uint8 (N, 32, 32, 3), got {images.dtype} {images.shape}"
-            )
+            raise ValueError(f"train images: expected uint8 (N, 32, 32, 3), got {images.dtype} {images.shape}")
         if len(images) == 0:
             raise ValueError("train images: the train split is empty")
         if batch_size < 1:

@@ -25,7 +25,10 @@ SERVER_PACKAGE = Path(__file__).parent / "server"
 DOCKERFILE = Path(__file__).parent / "Dockerfile"
 # Wheels the image's Python (Debian bookworm: CPython 3.11, glibc 2.36) can install.
 WHEEL_PLATFORMS = (
-    "manylinux_2_36_x86_64", "manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
+    "manylinux_2_36_x86_64",
+    "manylinux_2_28_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
 )
 WHEEL_PYTHON = "3.11"
 
@@ -41,8 +44,9 @@ def host_pins(requirements: Sequence[str] = RUNTIME_REQUIREMENTS) -> list[str]:
         try:
             pins.append(f"{name}=={importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
-            raise ImageBuildError(f"{name} is not installed here: the image pins this environment's versions "
-                                  f"of {', '.join(requirements)}") from None
+            raise ImageBuildError(
+                f"{name} is not installed here: the image pins this environment's versions of {', '.join(requirements)}"
+            ) from None
     return pins
 
 
@@ -69,9 +73,23 @@ def ensure_wheelhouse(cache_dir: Path, pins: Sequence[str], log: logging.Logger)
             return dest
         tmp = Path(tempfile.mkdtemp(prefix=f".wheelhouse-{key}.", dir=cache_dir))
         try:
-            cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-                   "--only-binary=:all:", "--implementation", "cp", "--python-version", WHEEL_PYTHON,
-                   *(arg for p in WHEEL_PLATFORMS for arg in ("--platform", p)), "--dest", str(tmp), *pins]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--only-binary=:all:",
+                "--implementation",
+                "cp",
+                "--python-version",
+                WHEEL_PYTHON,
+                *(arg for p in WHEEL_PLATFORMS for arg in ("--platform", p)),
+                "--dest",
+                str(tmp),
+                *pins,
+            ]
             log.info("downloading wheels for the image: %s", " ".join(pins))
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
@@ -141,8 +159,15 @@ def build_image(
     tail: list[str] = []
     image_id = ""
     stream = client.api.build(
-        path=str(context_dir), tag=tag, rm=True, forcerm=True, pull=False, decode=True,
-        network_mode="none", buildargs={"BASE_IMAGE": base_image}, labels=labels,
+        path=str(context_dir),
+        tag=tag,
+        rm=True,
+        forcerm=True,
+        pull=False,
+        decode=True,
+        network_mode="none",
+        buildargs={"BASE_IMAGE": base_image},
+        labels=labels,
     )
     for chunk in stream:
         if "error" in chunk:

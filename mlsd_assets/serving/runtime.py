@@ -26,7 +26,6 @@ class ServerStartError(RuntimeError):
     """The server did not come up healthy; the message carries its log tail."""
 
 
-
 def stop_process(proc: subprocess.Popen, timeout_s: float) -> None:
     """Ask politely (SIGTERM), then insist (SIGKILL), so no server outlives its caller."""
     proc.terminate()
@@ -35,6 +34,7 @@ def stop_process(proc: subprocess.Popen, timeout_s: float) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
 
 @dataclass(frozen=True)
 class RunningServer:
@@ -84,7 +84,10 @@ def running_container(
 
     try:
         container = client.containers.create(
-            image, name=name, network_mode="host", detach=True,
+            image,
+            name=name,
+            network_mode="host",
+            detach=True,
             environment={"MLSD_HOST": "127.0.0.1", "MLSD_PORT": str(port)},
             labels={"mlsd.role": "evaluation"},
         )
@@ -107,8 +110,19 @@ def running_local_process(
     """The same server module under this Python, for machines without a Docker engine."""
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "mlsd_assets.serving.server", "--model", str(model_path),
-           "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlsd_assets.serving.server",
+        "--model",
+        str(model_path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -79,8 +79,7 @@ def test_daemon_ingests_a_landed_drop(processes: Processes, mlsd_home: Path) -> 
     port = free_port()
     workspace = mlsd_home / "workspace.yaml"
     workspace.write_text(
-        "load_from:\n  - grpc_server:\n"
-        f"      host: 127.0.0.1\n      port: {port}\n      location_name: mlsd_assets\n"
+        f"load_from:\n  - grpc_server:\n      host: 127.0.0.1\n      port: {port}\n      location_name: mlsd_assets\n"
     )
     dagster = str(BIN / "dagster")
     # Create the storage once before two processes can race to (alembic ended with two heads, issue 11).
@@ -93,15 +92,11 @@ def test_daemon_ingests_a_landed_drop(processes: Processes, mlsd_home: Path) -> 
         started = processes.run(dagster, "sensor", "start", "new_data_sensor", "-w", str(workspace))
         if started.returncode == 0:
             break
-        assert time.monotonic() < deadline, (
-            f"code server never served: {started.stderr[-2000:]}\n{processes.tails()}"
-        )
+        assert time.monotonic() < deadline, f"code server never served: {started.stderr[-2000:]}\n{processes.tails()}"
         time.sleep(2)
     for name in ("retraining_sensor", "run_failure_alert_sensor"):
         assert processes.run(dagster, "sensor", "stop", name, "-w", str(workspace)).returncode == 0
-    assert (
-        processes.run(dagster, "schedule", "stop", "training_schedule", "-w", str(workspace)).returncode == 0
-    )
+    assert processes.run(dagster, "schedule", "stop", "training_schedule", "-w", str(workspace)).returncode == 0
     processes.start("daemon", str(BIN / "dagster-daemon"), "run", "-w", str(workspace))
 
     landing = mlsd_home / "data" / "landing"
@@ -113,9 +108,7 @@ def test_daemon_ingests_a_landed_drop(processes: Processes, mlsd_home: Path) -> 
     instance = dg.DagsterInstance.get()
     records = []
     while not records:
-        assert time.monotonic() < dropped + DEADLINE_S, (
-            f"drop not ingested in {DEADLINE_S}s\n{processes.tails()}"
-        )
+        assert time.monotonic() < dropped + DEADLINE_S, f"drop not ingested in {DEADLINE_S}s\n{processes.tails()}"
         time.sleep(1)
         records = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_cifar10"), asset_partitions=["batch_e2e"]),

@@ -1,6 +1,5 @@
 """check_raw_cifar10_drift: a shifted drop warns with its figures, a similar one passes, nothing blocks."""
 
-
 import dagster as dg
 import numpy as np
 import pytest
@@ -38,7 +37,9 @@ def checked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dg.AssetCheck
         instance.add_dynamic_partitions("cifar10_batches", ["similar", "shifted"])
         for key in ("similar", "shifted"):
             result = dg.materialize(
-                [raw_cifar10, check_raw_cifar10_drift], partition_key=key, instance=instance,
+                [raw_cifar10, check_raw_cifar10_drift],
+                partition_key=key,
+                instance=instance,
                 resources=resources,
             )
             assert result.success, f"a drift warning must not fail the run ({key})"

@@ -31,9 +31,7 @@ def materialize_partitions(
         raw_batches.name, [k for k in keys if not instance.has_dynamic_partition(raw_batches.name, k)]
     )
     return [
-        dg.materialize(
-            [raw_cifar10], partition_key=key, resources=resources, instance=instance, raise_on_error=False
-        )
+        dg.materialize([raw_cifar10], partition_key=key, resources=resources, instance=instance, raise_on_error=False)
         for key in keys
     ]
 

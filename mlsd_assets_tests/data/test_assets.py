@@ -119,7 +119,5 @@ def test_split_reads_only_materialized_partitions(mlsd_home: Path) -> None:
     assert all(r.success for r in materialize_partitions(instance, resources, ["data_batch_1", "test_batch"]))
     result = materialize_split(instance, resources, TINY_DATA_CONFIG)
     assert result.success
-    split = ArtifactIOManager(root=str(mlsd_home / "artifacts")).path_for(
-        dg.AssetKey("cifar10_split"), None, ".npz"
-    )
+    split = ArtifactIOManager(root=str(mlsd_home / "artifacts")).path_for(dg.AssetKey("cifar10_split"), None, ".npz")
     assert Cifar10Split.load(split).partitions == ["data_batch_1", "test_batch"]

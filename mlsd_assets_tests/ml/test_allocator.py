@@ -33,8 +33,10 @@ def test_active_allocator_reads_the_mapped_libraries(tmp_path: Path) -> None:
 
 
 def test_jemalloc_env_keeps_other_preloads_and_settings() -> None:
-    env = jemalloc_env({"LD_PRELOAD": "/x/libfoo.so /y/libjemalloc.so.1", "MALLOC_CONF": "narenas:2", "A": "1"},
-                       Path("/lib/libjemalloc.so.2"))
+    env = jemalloc_env(
+        {"LD_PRELOAD": "/x/libfoo.so /y/libjemalloc.so.1", "MALLOC_CONF": "narenas:2", "A": "1"},
+        Path("/lib/libjemalloc.so.2"),
+    )
     assert env["LD_PRELOAD"] == "/lib/libjemalloc.so.2 /x/libfoo.so"
     assert env["MALLOC_CONF"] == f"{JEMALLOC_CONF},narenas:2"
     assert env["A"] == "1" and env[ALLOCATOR_ENV] == "jemalloc"
@@ -44,7 +46,11 @@ def _run_under_wrapper(extra_env: dict[str, str]) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF", ALLOCATOR_ENV)}
     out = subprocess.run(
         [sys.executable, "-m", "mlsd_assets.ml.allocator", sys.executable, "-c", SHOW],
-        env={**env, **extra_env}, capture_output=True, text=True, timeout=60, check=True,
+        env={**env, **extra_env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     return out.stdout.strip()
 

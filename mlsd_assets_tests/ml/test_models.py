@@ -72,9 +72,7 @@ def test_flips_alternate_between_epochs_and_replay_per_seed() -> None:
     for epoch in (0, 1):
         ((batch, _),) = list(batches.epoch(epoch))
         order = torch.randperm(64, generator=torch.Generator().manual_seed(5 * 100_003 + epoch))
-        flipped = [
-            not np.array_equal(b, images[i]) for b, i in zip(batch.numpy(), order.numpy(), strict=True)
-        ]
+        flipped = [not np.array_equal(b, images[i]) for b, i in zip(batch.numpy(), order.numpy(), strict=True)]
         by_image[epoch] = dict(zip(order.tolist(), flipped, strict=True))
     assert 10 < sum(by_image[0].values()) < 54
     assert all(by_image[0][i] != by_image[1][i] for i in range(64))

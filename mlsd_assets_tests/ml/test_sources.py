@@ -52,9 +52,7 @@ def test_pickle_dir_round_trips_every_batch(tmp_path: Path, caplog: pytest.LogCa
 def test_parent_of_pickle_dir_and_tarball_read_the_same(tmp_path: Path) -> None:
     archive = write_cifar_python_tarball(tmp_path / "src", per_batch=20)
     from_tar = read_official_batch(str(archive), "data_batch_3", tmp_path / "dl", LOG)
-    from_parent = read_official_batch(
-        str(tmp_path / "src" / "unpacked"), "data_batch_3", tmp_path / "dl", LOG
-    )
+    from_parent = read_official_batch(str(tmp_path / "src" / "unpacked"), "data_batch_3", tmp_path / "dl", LOG)
     assert (from_tar.images == from_parent.images).all()
     assert from_tar.source.startswith("pickle-tar:") and from_parent.source.startswith("pickle-dir:")
     assert not (tmp_path / "dl").exists(), "a pickle tarball is read in place, never extracted"
@@ -69,16 +67,12 @@ def test_image_folder_tree_deals_train_round_robin(tmp_path: Path) -> None:
         assert set(batches[b].class_histogram().values()) == {2}
     train_images, train_labels = make_images(100, seed=0)
     got = {
-        h: int(lbl)
-        for b in OFFICIAL_TRAIN_BATCHES
-        for h, lbl in zip(batches[b].hashes, batches[b].labels, strict=True)
+        h: int(lbl) for b in OFFICIAL_TRAIN_BATCHES for h, lbl in zip(batches[b].hashes, batches[b].labels, strict=True)
     }
     assert got == dict(zip(image_hashes(train_images), train_labels.tolist(), strict=True))  # PNG is lossless
 
 
-def test_image_folder_tarball_is_decoded_once_into_a_cache(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_image_folder_tarball_is_decoded_once_into_a_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tree = write_image_folder_tree(tmp_path / "cifar10-jpeg", n_train=50, n_test=10, fmt="jpg")
     archive = tar_gz(tree, tmp_path / "cifar10-jpeg.tar.gz")  # one wrapper folder, as users often pack
     first = read_official_batch(str(archive), "test_batch", tmp_path / "dl", LOG)
@@ -91,10 +85,7 @@ def test_image_folder_tarball_is_decoded_once_into_a_cache(
     monkeypatch.setattr("mlsd_assets.ml.sources._unpack_tree_tar", fail)
     again = read_official_batch(str(archive), "test_batch", tmp_path / "dl", LOG)
     assert (again.images == first.images).all() and len(first) == 10
-    assert (
-        sum(len(read_official_batch(str(archive), b, tmp_path / "dl", LOG)) for b in OFFICIAL_TRAIN_BATCHES)
-        == 50
-    )
+    assert sum(len(read_official_batch(str(archive), b, tmp_path / "dl", LOG)) for b in OFFICIAL_TRAIN_BATCHES) == 50
 
 
 def test_download_verifies_md5_and_extracts_once(tmp_path: Path) -> None:
@@ -145,9 +136,7 @@ def test_checksums_match_torchvision() -> None:
     from mlsd_assets.ml.sources import CIFAR10_MD5, CIFAR10_URL
 
     assert (CIFAR10.url, CIFAR10.filename, CIFAR10.tgz_md5) == (CIFAR10_URL, CIFAR10_ARCHIVE, CIFAR10_MD5)
-    assert {n: m for n, m in CIFAR10.train_list + CIFAR10.test_list} == {
-        n: OFFICIAL_MD5[n] for n in OFFICIAL_BATCHES
-    }
+    assert {n: m for n, m in CIFAR10.train_list + CIFAR10.test_list} == {n: OFFICIAL_MD5[n] for n in OFFICIAL_BATCHES}
 
 
 def test_tarballs_with_long_names_or_dot_prefix_read_through_tarfile(tmp_path: Path) -> None:

@@ -63,17 +63,13 @@ def test_md5_mismatch_on_download(tmp_path: Path) -> None:
     archive = write_cifar_python_tarball(tmp_path / "mirror", per_batch=5)
     wrong = hashlib.md5(b"not the archive").hexdigest()
     with serve_dir(archive.parent) as url, pytest.raises(InvalidBatchError, match=f"md5 .* expected {wrong}"):
-        read_official_batch(
-            "download", "data_batch_1", tmp_path / "dl", LOG, url=f"{url}/{archive.name}", md5=wrong
-        )
+        read_official_batch("download", "data_batch_1", tmp_path / "dl", LOG, url=f"{url}/{archive.name}", md5=wrong)
 
 
 def test_offline_download_fails_fast_with_a_hint(tmp_path: Path) -> None:
     start = time.monotonic()
     with pytest.raises(SourceUnavailableError) as err:  # .invalid never resolves (RFC 2606)
-        read_official_batch(
-            "download", "test_batch", tmp_path / "dl", LOG, url="https://cifar.invalid/c.tar.gz"
-        )
+        read_official_batch("download", "test_batch", tmp_path / "dl", LOG, url="https://cifar.invalid/c.tar.gz")
     assert time.monotonic() - start < 15
     assert SOURCE_ENV in str(err.value) and "cifar-10-batches-py" in str(err.value)
 
