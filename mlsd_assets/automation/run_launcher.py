@@ -5,9 +5,10 @@ False), so run monitoring never looks at a STARTED run's process. The gRPC code 
 worker it spawned dies, but a run executed in-process (`python -m mlsd_assets pipeline`, `dagster asset
 materialize`) or one whose code server went down with it stays STARTED forever, and every sensor and
 schedule that waits for runs in progress waits forever. This launcher launches exactly like
-`DefaultRunLauncher` and answers the health check from the pid every run logs when its steps start
-("Executing steps in process (pid: N)"): a pid that is gone, a zombie, or a newer process reusing the
-number means the worker died, and the monitoring daemon marks the run FAILED.
+`DefaultRunLauncher` and answers the health check from the pid of the process that wrote the run's
+RUN_START event (else the one named by "Executing steps in process (pid: N)"): a pid that is gone, a
+zombie, or a newer process reusing the number means the worker died, and the monitoring daemon marks the
+run FAILED.
 """
 
 from __future__ import annotations
@@ -23,13 +24,18 @@ _SLACK_S = 5.0  # clock granularity between the process start time and its first
 
 
 def _worker_pid(instance: dg.DagsterInstance, run_id: str) -> tuple[int, float] | None:
-    """(pid, timestamp) of the first engine event of the run that names the process executing it."""
-    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT, limit=50).records
-    for record in records:
-        data = record.event_log_entry.dagster_event.engine_event_data if record.event_log_entry.dagster_event else None
-        pid = data.metadata.get("pid") if data else None
-        if pid is not None:
-            return int(pid.value), record.event_log_entry.timestamp
+    """(pid, timestamp) of the process executing the run: the one that wrote RUN_START (every Dagster event
+    carries its writer's pid), else the first engine event that names it ("Executing steps in process")."""
+    for of_type in (dg.DagsterEventType.RUN_START, dg.DagsterEventType.ENGINE_EVENT):
+        for record in instance.get_records_for_run(run_id, of_type=of_type, limit=50).records:
+            event = record.event_log_entry.dagster_event
+            if event is None:
+                continue
+            pid = event.pid if of_type == dg.DagsterEventType.RUN_START else None
+            if pid is None and event.engine_event_data and "pid" in event.engine_event_data.metadata:
+                pid = event.engine_event_data.metadata["pid"].value
+            if pid is not None:
+                return int(pid), record.event_log_entry.timestamp
     return None
 
 
@@ -67,7 +73,7 @@ class WorkerCheckingRunLauncher(DefaultRunLauncher):
 
     def check_run_worker_health(self, run: dg.DagsterRun) -> CheckRunHealthResult:
         found = _worker_pid(self._instance, run.run_id)
-        if found is None:  # steps not started yet: the start timeout covers that phase
+        if found is None:  # the worker has not started the run yet: the start timeout covers that phase
             return CheckRunHealthResult(WorkerStatus.RUNNING, "no worker pid logged yet")
         pid, seen_at = found
         gone = process_state(pid, seen_at)

@@ -75,7 +75,8 @@ def log_budget(tracking: MLflowTracking, run_id: str, throughput: Throughput, pl
 
 @contextmanager
 def system_metrics(tracking: MLflowTracking, run_id: str) -> Iterator[None]:
-    """CPU, memory, disk and network of this machine as `system/*` metrics of the run, every 10 s."""
+    """CPU, memory, disk and network of this machine as `system/*` metrics of the run, every 10 s, plus one
+    closing sample: MLflow's monitor drops what it collected when it is stopped inside its first interval."""
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
     monitor = SystemMetricsMonitor(
@@ -86,6 +87,9 @@ def system_metrics(tracking: MLflowTracking, run_id: str) -> Iterator[None]:
         yield
     finally:
         monitor.finish()
+        monitor.collect_metrics()
+        monitor.publish_metrics(monitor.aggregate_metrics())
+        monitor.mlflow_logger.flush()
 
 
 def log_epoch(tracking: MLflowTracking, run_id: str, stats: EpochStats) -> None:
