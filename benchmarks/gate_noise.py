@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import os
 import platform
@@ -39,7 +38,7 @@ def quick_model(data: Path, cache: Path, epochs: int, log: logging.Logger) -> by
     from train_time_to_accuracy import load_official
 
     from mlsd_assets.ml.batches import CIFAR10_CLASSES
-    from mlsd_assets.ml.export import INPUT_NAME, OPSET, OUTPUT_NAME, export_onnx
+    from mlsd_assets.ml.export import contract_metadata, export_onnx
     from mlsd_assets.ml.train import recipe_config, train
 
     arrays = load_official(data, cache, log)
@@ -49,22 +48,17 @@ def quick_model(data: Path, cache: Path, epochs: int, log: logging.Logger) -> by
     std = tuple(float(v) for v in (x_train / 255.0).std(axis=(0, 1, 2)))
     config = recipe_config("fast", epochs=epochs, threads=os.cpu_count() or 1)
     result = train(x_train, y_train, x_test[:1000], y_test[:1000], mean, std, config, log, select="last")
-    meta = {
-        "classes": json.dumps(list(CIFAR10_CLASSES)),
-        "input_name": INPUT_NAME,
-        "output_name": OUTPUT_NAME,
-        "input_layout": "NHWC",
-        "input_dtype": "uint8",
-        "mean": json.dumps(list(mean)),
-        "std": json.dumps(list(std)),
-        "architecture": config.architecture,
-        "mlflow_run_id": "gate-noise",
-        "registered_model_name": "gate-noise",
-        "registered_model_version": "1",
-        "dataset_hash": "gate-noise",
-        "opset": str(OPSET),
-    }
-    return export_onnx(result.model, {f"mlsd.{k}": v for k, v in meta.items()}, log)
+    meta = contract_metadata(
+        classes=CIFAR10_CLASSES,
+        mean=mean,
+        std=std,
+        architecture=config.architecture,
+        mlflow_run_id="gate-noise",
+        registered_model_name="gate-noise",
+        registered_model_version="1",
+        dataset_hash="gate-noise",
+    )
+    return export_onnx(result.model, meta, log)
 
 
 def build(model_bytes: bytes, cache: Path, log: logging.Logger) -> tuple[object, str]:

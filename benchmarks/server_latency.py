@@ -64,7 +64,7 @@ def untrained_model(architecture: str, flip_tta: bool | None = None) -> bytes:
     """The default recipe's network (widths, flip-TTA) with random weights: the same graph, hence the same
     compute, as a trained one."""
     from mlsd_assets.ml.batches import CIFAR10_CLASSES
-    from mlsd_assets.ml.export import INPUT_NAME, OPSET, OUTPUT_NAME, export_onnx
+    from mlsd_assets.ml.export import contract_metadata, export_onnx
     from mlsd_assets.ml.models import InferenceModel, build_model
     from mlsd_assets.ml.train import default_config
 
@@ -72,22 +72,17 @@ def untrained_model(architecture: str, flip_tta: bool | None = None) -> bytes:
     tta = config.flip_tta if flip_tta is None else flip_tta
     net = build_model(architecture, config.widths if architecture == "airbench" else None)
     model = InferenceModel(net, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26), flip_tta=tta).eval()
-    meta = {
-        "classes": json.dumps(list(CIFAR10_CLASSES)),
-        "input_name": INPUT_NAME,
-        "output_name": OUTPUT_NAME,
-        "input_layout": "NHWC",
-        "input_dtype": "uint8",
-        "mean": "[0.49, 0.48, 0.45]",
-        "std": "[0.25, 0.24, 0.26]",
-        "architecture": architecture,
-        "mlflow_run_id": "benchmark",
-        "registered_model_name": "benchmark",
-        "registered_model_version": "0",
-        "dataset_hash": "none",
-        "opset": str(OPSET),
-    }
-    return export_onnx(model, {f"mlsd.{k}": v for k, v in meta.items()}, log)
+    meta = contract_metadata(
+        classes=CIFAR10_CLASSES,
+        mean=(0.49, 0.48, 0.45),
+        std=(0.25, 0.24, 0.26),
+        architecture=architecture,
+        mlflow_run_id="benchmark",
+        registered_model_name="benchmark",
+        registered_model_version="0",
+        dataset_hash="none",
+    )
+    return export_onnx(model, meta, log)
 
 
 def percentiles_ms(seconds: list[float]) -> tuple[float, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,38 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 OPSET = 18
 BATCH_DIM = "batch"
+
+
+def contract_metadata(
+    *,
+    classes: list[str] | tuple[str, ...],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    architecture: str,
+    mlflow_run_id: str,
+    registered_model_name: str,
+    registered_model_version: str,
+    dataset_hash: str,
+) -> dict[str, str]:
+    """The serving contract written into the file (`mlsd.*` metadata_props), which the server checks at start."""
+    from mlsd_assets.ml.artifacts import META_PREFIX
+
+    values = {
+        "classes": json.dumps(list(classes)),
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "input_layout": "NHWC",
+        "input_dtype": "uint8",
+        "mean": json.dumps([float(v) for v in mean]),
+        "std": json.dumps([float(v) for v in std]),
+        "architecture": architecture,
+        "mlflow_run_id": mlflow_run_id,
+        "registered_model_name": registered_model_name,
+        "registered_model_version": registered_model_version,
+        "dataset_hash": dataset_hash,
+        "opset": str(OPSET),
+    }
+    return {f"{META_PREFIX}{k}": v for k, v in values.items()}
 
 
 def export_onnx(model: InferenceModel, metadata: dict[str, str], logger: logging.Logger) -> bytes:

@@ -196,28 +196,6 @@ def cifar10_model(
     )
 
 
-def onnx_metadata(model: TrainedModel, opset: int) -> dict[str, str]:
-    """The serving contract written into the file (`mlsd.*` metadata_props)."""
-    from mlsd_assets.ml.export import INPUT_NAME, OUTPUT_NAME
-
-    values = {
-        "classes": json.dumps(list(model.classes)),
-        "input_name": INPUT_NAME,
-        "output_name": OUTPUT_NAME,
-        "input_layout": "NHWC",
-        "input_dtype": "uint8",
-        "mean": json.dumps(list(model.mean)),
-        "std": json.dumps(list(model.std)),
-        "architecture": model.architecture,
-        "mlflow_run_id": model.mlflow_run_id,
-        "registered_model_name": model.registered_model_name,
-        "registered_model_version": model.registered_model_version,
-        "dataset_hash": model.dataset_hash,
-        "opset": str(opset),
-    }
-    return {f"{META_PREFIX}{k}": v for k, v in values.items()}
-
-
 class OnnxConfig(dg.Config):
     """How the served graph is chosen: every listed variant is measured on validation, and the fastest within
     `max_accuracy_drop_pt` points of the most accurate is served (see mlsd_assets/ml/serving_graph.py)."""
@@ -242,10 +220,19 @@ def cifar10_onnx(
     """Raw uint8 NHWC pixels in, float32 logits out; preprocessing is inside the graph so no server
     can normalise wrongly. The fp32 export is the reference (`check_cifar10_onnx_parity` holds it to PyTorch);
     the served file is the variant chosen by measurement on validation (`check_cifar10_onnx_served_agreement`)."""
-    from mlsd_assets.ml.export import INPUT_NAME, OPSET, OUTPUT_NAME
+    from mlsd_assets.ml.export import INPUT_NAME, OPSET, OUTPUT_NAME, contract_metadata
     from mlsd_assets.ml.serving_graph import Selection, select_served_graph
 
-    metadata = onnx_metadata(cifar10_model, OPSET)
+    metadata = contract_metadata(
+        classes=cifar10_model.classes,
+        mean=cifar10_model.mean,
+        std=cifar10_model.std,
+        architecture=cifar10_model.architecture,
+        mlflow_run_id=cifar10_model.mlflow_run_id,
+        registered_model_name=cifar10_model.registered_model_name,
+        registered_model_version=cifar10_model.registered_model_version,
+        dataset_hash=cifar10_model.dataset_hash,
+    )
     trained_tta = bool(cifar10_model.hyperparameters.get("flip_tta", False))
     fp32, fp32_tta = _export_both(cifar10_model, metadata, context.log)
     x_val, y_val = cifar10_split.arrays("validation")
