@@ -14,7 +14,7 @@ import pytest
 
 from mlsd_assets.serving.runtime import free_port
 from mlsd_assets_tests.cifar_files import write_pickle_batch
-from mlsd_assets_tests.deployment.instance import code_server_args
+from mlsd_assets_tests.deployment.instance import code_server_args, write_grpc_workspace
 from mlsd_assets_tests.synthetic import make_images
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,10 +77,7 @@ def processes(mlsd_home: Path) -> Iterator[Processes]:
 
 def test_daemon_ingests_a_landed_drop(processes: Processes, mlsd_home: Path) -> None:
     port = free_port()
-    workspace = mlsd_home / "workspace.yaml"
-    workspace.write_text(
-        f"load_from:\n  - grpc_server:\n      host: 127.0.0.1\n      port: {port}\n      location_name: mlsd_assets\n"
-    )
+    workspace = write_grpc_workspace(mlsd_home / "workspace.yaml", port)
     dagster = str(BIN / "dagster")
     # Create the storage once before two processes can race to (alembic ended with two heads, issue 11).
     migrated = processes.run(dagster, "instance", "migrate")

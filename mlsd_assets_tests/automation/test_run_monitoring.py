@@ -11,7 +11,7 @@ import dagster as dg
 from mlsd_assets.serving.runtime import free_port
 from mlsd_assets_tests.automation.test_daemon_e2e import BIN, REPO, Processes
 from mlsd_assets_tests.cifar_files import write_cifar_python_dir
-from mlsd_assets_tests.deployment.instance import code_server_args
+from mlsd_assets_tests.deployment.instance import code_server_args, write_grpc_workspace
 
 DEADLINE_S = 240
 SPLIT_IN_PROCESS = (
@@ -48,11 +48,7 @@ def test_killed_run_is_failed_and_automation_goes_on(mlsd_home: Path) -> None:
         migrated = procs.run(str(BIN / "dagster"), "instance", "migrate")  # storage created once, up front
         assert migrated.returncode == 0, migrated.stderr
         port = free_port()
-        workspace = mlsd_home / "workspace.yaml"
-        workspace.write_text(
-            "load_from:\n  - grpc_server:\n"
-            f"      host: 127.0.0.1\n      port: {port}\n      location_name: mlsd_assets\n"
-        )
+        workspace = write_grpc_workspace(mlsd_home / "workspace.yaml", port)
         dagster = str(BIN / "dagster")
         procs.start("code-server", dagster, *code_server_args(port))
         ingest = procs.run(sys.executable, "-m", "mlsd_assets", "pipeline", "--through", "raw_cifar10")

@@ -15,6 +15,14 @@ def code_server_args(port: int) -> list[str]:
     return ["code-server", "start", "-h", "127.0.0.1", "-p", str(port), "-m", "mlsd_assets.definitions"]
 
 
+def write_grpc_workspace(path: Path, port: int) -> Path:
+    """A workspace.yaml that loads the code location from the code server on 127.0.0.1:`port`."""
+    path.write_text(
+        f"load_from:\n  - grpc_server:\n      host: 127.0.0.1\n      port: {port}\n      location_name: mlsd_assets\n"
+    )
+    return path
+
+
 def deployment_instance_config() -> dict[str, Any]:
     return yaml.safe_load((DOCKER_DIR / "dagster.yaml").read_text())
 
