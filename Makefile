@@ -36,7 +36,7 @@ pipeline: system setup dagster-home
 
 # Run workers inherit jemalloc (when installed) from here: CPU training steps stop page-faulting.
 dev: setup dagster-home
-	$(BIN)/python -m mlsd_assets.ml.allocator $(BIN)/dagster dev -w workspace.yaml
+	$(BIN)/python -m mlsd_assets.core.platform.allocator $(BIN)/dagster dev -w workspace.yaml
 
 test: setup
 	$(BIN)/pytest -m "not slow"

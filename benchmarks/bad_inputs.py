@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlsd_assets.ml.sources import read_drop
+from mlsd_assets.core.data.sources import read_drop
 from mlsd_assets_tests import hostile_files as hf
 from mlsd_assets_tests.cifar_files import tar_gz, truncate, write_cifar_python_dir, write_image_folder
 from mlsd_assets_tests.synthetic import make_images
@@ -301,7 +301,7 @@ def _child(kind: str, data_root: Path, path: Path) -> None:
         if interface == "read_drop" or interface == "good read_drop":
             read_drop(path, "bad")
         elif interface == "official":
-            from mlsd_assets.ml.sources import read_official_batch
+            from mlsd_assets.core.data.sources import read_official_batch
 
             read_official_batch(str(path), "test_batch", data_root / "downloads", log)
         else:
@@ -373,7 +373,7 @@ def main() -> int:
         _child(kind, Path(root), Path(path))
         return 0
 
-    from mlsd_assets.ml.batches import RawBatch
+    from mlsd_assets.core.data.batches import RawBatch
 
     work = Path(tempfile.mkdtemp(prefix="bad-inputs-"))
     data_root = work / "data"

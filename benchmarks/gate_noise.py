@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/gate_noise.py --onnx model.onnx    # or reuse an exported model
 
 Both servers run the same image; every test image goes to both, interleaved in random order per image. The
-gate (mlsd_assets.evaluation.gate) must promote every time: the model is not worse than itself. Beside it,
+gate (mlsd_assets.core.evaluation.gate) must promote every time: the model is not worse than itself. Beside it,
 the rule the gate replaced: challenger p95 (this run) vs the champion's p95 stored by an earlier solo
 evaluation (run 0), tolerance 20%, and accuracy as two numbers with a fixed 0.5 pt margin.
 """
@@ -37,9 +37,9 @@ def quick_model(data: Path, cache: Path, epochs: int, log: logging.Logger) -> by
     """A few epochs of the default recipe on the 50k train images (accuracy does not matter here)."""
     from train_time_to_accuracy import load_official
 
-    from mlsd_assets.ml.batches import CIFAR10_CLASSES
-    from mlsd_assets.ml.export import contract_metadata, export_onnx
-    from mlsd_assets.ml.train import recipe_config, train
+    from mlsd_assets.core.data.batches import CIFAR10_CLASSES
+    from mlsd_assets.core.serving.export import contract_metadata, export_onnx
+    from mlsd_assets.core.training.train import recipe_config, train
 
     arrays = load_official(data, cache, log)
     x_train, y_train = arrays["train"]
@@ -62,8 +62,8 @@ def quick_model(data: Path, cache: Path, epochs: int, log: logging.Logger) -> by
 
 
 def build(model_bytes: bytes, cache: Path, log: logging.Logger) -> tuple[object, str]:
+    from mlsd_assets.core.serving.image import build_image, ensure_wheelhouse, host_pins, write_build_context
     from mlsd_assets.serving.assets import DEFAULT_BASE_IMAGE
-    from mlsd_assets.serving.image import build_image, ensure_wheelhouse, host_pins, write_build_context
     from mlsd_assets.serving.resources import DockerEngine
 
     client = DockerEngine().client()
@@ -88,7 +88,7 @@ def main() -> int:
     if not args.data.exists():
         print(f"data not found: {args.data} (pass --data PATH to cifar10-jpeg.tar.gz)", file=sys.stderr)
         return 2
-    from mlsd_assets.ml.allocator import reexec_with_jemalloc
+    from mlsd_assets.core.platform.allocator import reexec_with_jemalloc
 
     if not args.onnx:
         reexec_with_jemalloc()  # training steps on CPU: an allocator that keeps its pages
@@ -100,10 +100,10 @@ def main() -> int:
 
     from train_time_to_accuracy import load_official
 
-    from mlsd_assets.evaluation.client import ServerClient, single_image_pass
-    from mlsd_assets.evaluation.gate import compare_predictions, decide
-    from mlsd_assets.evaluation.measure import interleaved_single_pass
-    from mlsd_assets.serving.runtime import running_container
+    from mlsd_assets.core.evaluation.client import ServerClient, single_image_pass
+    from mlsd_assets.core.evaluation.gate import compare_predictions, decide
+    from mlsd_assets.core.evaluation.measure import interleaved_single_pass
+    from mlsd_assets.core.serving.runtime import running_container
 
     args.cache.mkdir(parents=True, exist_ok=True)
     if args.onnx:

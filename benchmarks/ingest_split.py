@@ -1,7 +1,7 @@
 """Time raw ingestion (all six partitions) + the cleaned split of the real 60,000 CIFAR-10 images.
 
 Usage: python benchmarks/ingest_split.py [path/to/cifar10-jpeg.tar.gz] [--workdir DIR]
-Target: <= 10 s and <= 2 GB peak RSS on 2 cores. Same code as the assets (mlsd_assets.ml), cold cache.
+Target: <= 10 s and <= 2 GB peak RSS on 2 cores. Same code as the assets (mlsd_assets.core.data), cold cache.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from mlsd_assets.ml.batches import OFFICIAL_BATCHES, RawBatch
-from mlsd_assets.ml.cleaning import build_split
-from mlsd_assets.ml.sources import read_official_batch
+from mlsd_assets.core.data.batches import OFFICIAL_BATCHES, RawBatch
+from mlsd_assets.core.data.cleaning import build_split
+from mlsd_assets.core.data.sources import read_official_batch
 
 DEFAULT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpeg.tar.gz"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mlsd_assets.ml.batches import (
+from mlsd_assets.core.data.batches import (
     OFFICIAL_TEST_BATCH,
     OFFICIAL_TRAIN_BATCHES,
     SIGNATURE_BITS,
@@ -28,8 +28,8 @@ from mlsd_assets.ml.batches import (
     nearest,
     within,
 )
-from mlsd_assets.ml.cleaning import NEAR_DUPLICATE_DISTANCE, build_split
-from mlsd_assets.ml.sources import read_official_batch
+from mlsd_assets.core.data.cleaning import NEAR_DUPLICATE_DISTANCE, build_split
+from mlsd_assets.core.data.sources import read_official_batch
 
 DEFAULT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpeg.tar.gz"
 THRESHOLDS = (2, 4, 6, 8, 10, 12, 14, 16)

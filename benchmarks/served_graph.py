@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/served_graph.py [--artifacts .mlsd/data/artifacts] [--threads 1,2]
 
 Reads the latest `cifar10_model` and `cifar10_split` artifacts (the real images), exports the fp32 graph with
-and without flip-TTA, builds every variant of mlsd_assets/ml/serving_graph.py plus int8 ablations (every op
+and without flip-TTA, builds every variant of mlsd_assets/core/serving/graph.py plus int8 ablations (every op
 quantized as in the naive probe, first/last layers quantized too, other calibration methods), and prints per
 variant: validation and test accuracy, argmax agreement with the fp32 reference on validation, single-image
 p50/p99 and batched images/s for each thread count, then the variant the default rule serves. Test images are
@@ -27,10 +27,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mlsd_assets.ml import serving_graph as sg  # noqa: E402
-from mlsd_assets.ml.artifacts import TrainedModel  # noqa: E402
-from mlsd_assets.ml.export import export_onnx  # noqa: E402
-from mlsd_assets.ml.splits import Cifar10Split  # noqa: E402
+from mlsd_assets.core.data.splits import Cifar10Split  # noqa: E402
+from mlsd_assets.core.serving import graph as sg  # noqa: E402
+from mlsd_assets.core.serving.export import export_onnx  # noqa: E402
+from mlsd_assets.core.training.artifacts import TrainedModel  # noqa: E402
 
 log = logging.getLogger("served_graph")
 

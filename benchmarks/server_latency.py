@@ -31,7 +31,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mlsd_assets.ml.image_folder import read_tar_files  # noqa: E402
+from mlsd_assets.core.data.image_folder import read_tar_files  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 log = logging.getLogger("server_latency")
@@ -63,10 +63,10 @@ def test_images(path: Path, count: int) -> np.ndarray:
 def untrained_model(architecture: str, flip_tta: bool | None = None) -> bytes:
     """The default recipe's network (widths, flip-TTA) with random weights: the same graph, hence the same
     compute, as a trained one."""
-    from mlsd_assets.ml.batches import CIFAR10_CLASSES
-    from mlsd_assets.ml.export import contract_metadata, export_onnx
-    from mlsd_assets.ml.models import InferenceModel, build_model
-    from mlsd_assets.ml.train import default_config
+    from mlsd_assets.core.data.batches import CIFAR10_CLASSES
+    from mlsd_assets.core.serving.export import contract_metadata, export_onnx
+    from mlsd_assets.core.training.models import InferenceModel, build_model
+    from mlsd_assets.core.training.train import default_config
 
     config = default_config(architecture)
     tta = config.flip_tta if flip_tta is None else flip_tta
@@ -92,7 +92,7 @@ def percentiles_ms(seconds: list[float]) -> tuple[float, float]:
 
 def bare_ort(model_path: Path, images: np.ndarray, threads: int, batch: int) -> float:
     """The limit: the server's own Predictor (same session options), called directly. Returns p50 in ms."""
-    from mlsd_assets.serving.server.model import Predictor
+    from mlsd_assets.core.serving.server.model import Predictor
 
     predictor = Predictor(model_path, intra_op_threads=threads)
     for i in range(min(200, len(images))):
@@ -190,8 +190,8 @@ def server_container(
     image_id: str, threads: int, batching: bool, extra: dict[str, str] | None = None
 ) -> Iterator[tuple[int, object]]:
     """The image on the host network (no proxy between client and server), removed afterwards."""
+    from mlsd_assets.core.serving.runtime import free_port, wait_healthy
     from mlsd_assets.serving.resources import DockerEngine
-    from mlsd_assets.serving.runtime import free_port, wait_healthy
 
     port = free_port()
     env = {
@@ -219,7 +219,7 @@ def server_container(
 
 
 def build_server_image(model_path: Path, work: Path, base_image: str, tag: str) -> tuple[str, int]:
-    from mlsd_assets.serving.image import build_image, ensure_wheelhouse, host_pins, write_build_context
+    from mlsd_assets.core.serving.image import build_image, ensure_wheelhouse, host_pins, write_build_context
     from mlsd_assets.serving.resources import DockerEngine
 
     wheelhouse = ensure_wheelhouse(work / "wheelhouses", host_pins(), log)

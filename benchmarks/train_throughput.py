@@ -50,7 +50,7 @@ def main() -> int:
     if not args.data.exists():
         print(f"data not found: {args.data} (pass --data PATH to cifar10-jpeg.tar.gz)", file=sys.stderr)
         return 2
-    from mlsd_assets.ml.allocator import reexec_with_jemalloc
+    from mlsd_assets.core.platform.allocator import reexec_with_jemalloc
 
     reexec_with_jemalloc()
     logging.basicConfig(level=logging.WARNING)
@@ -58,9 +58,9 @@ def main() -> int:
 
     from train_time_to_accuracy import load_official  # this folder is on sys.path when run as a script
 
-    from mlsd_assets.ml.budget import measure_throughput
-    from mlsd_assets.ml.env_info import cpu_info
-    from mlsd_assets.ml.train import recipe_config
+    from mlsd_assets.core.platform.env_info import cpu_info
+    from mlsd_assets.core.training.budget import measure_throughput
+    from mlsd_assets.core.training.train import recipe_config
 
     data = load_official(args.data, args.cache, log)
     x, y = data["train"]

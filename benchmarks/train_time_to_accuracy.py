@@ -30,8 +30,8 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / 
 
 def load_official(path: Path, cache: Path, log: logging.Logger) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Train/test arrays through the pipeline's own reader, which decodes the archive once into `cache`."""
-    from mlsd_assets.ml.batches import OFFICIAL_BATCHES
-    from mlsd_assets.ml.sources import read_official_batch
+    from mlsd_assets.core.data.batches import OFFICIAL_BATCHES
+    from mlsd_assets.core.data.sources import read_official_batch
 
     batches = [read_official_batch(str(path), p, cache, log) for p in OFFICIAL_BATCHES]
     train = batches[:-1]
@@ -45,7 +45,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/mlsd-bench"))
-    parser.add_argument("--preset", default="fast", help="a recipe of mlsd_assets.ml.train.RECIPES")
+    parser.add_argument("--preset", default="fast", help="a recipe of mlsd_assets.core.training.train.RECIPES")
     parser.add_argument(
         "--reference", default="sgd", help="recipe to compare against in the same run ('none': only --preset)"
     )
@@ -61,7 +61,7 @@ def main() -> int:
     if not args.data.exists():
         print(f"data not found: {args.data} (pass --data PATH to cifar10-jpeg.tar.gz)", file=sys.stderr)
         return 2
-    from mlsd_assets.ml.allocator import active_allocator, reexec_with_jemalloc
+    from mlsd_assets.core.platform.allocator import active_allocator, reexec_with_jemalloc
 
     reexec_with_jemalloc()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -69,7 +69,7 @@ def main() -> int:
 
     import torch
 
-    from mlsd_assets.ml.train import TrainConfig, recipe_config, train
+    from mlsd_assets.core.training.train import TrainConfig, recipe_config, train
 
     overrides: dict[str, object] = {}
     for name in ("epochs", "batch_size", "lr", "precision"):
@@ -87,7 +87,7 @@ def main() -> int:
             overrides[key] = tuple(type(default[0])(v) for v in value.split(","))
         else:
             overrides[key] = type(default)(value)
-    from mlsd_assets.ml.env_info import cpu_info
+    from mlsd_assets.core.platform.env_info import cpu_info
 
     t0 = time.perf_counter()
     data = load_official(args.data, args.cache, log)

@@ -1,7 +1,7 @@
 """mlsd: CIFAR-10 from raw batches to an evaluated inference server, as Dagster assets.
 
 `defs` loads on first access (PEP 562): `dagster ... -m mlsd_assets` finds the code location, while importing
-the ML core (`mlsd_assets.ml`) does not pull in Dagster.
+the plain-Python core (`mlsd_assets.core`) does not pull in Dagster.
 """
 
 from typing import Any

@@ -16,8 +16,8 @@ import dagster as dg
 
 from mlsd_assets.automation.jobs import ingestion_job, rollback_job, split_job, training_job
 from mlsd_assets.automation.resources import root_cause
+from mlsd_assets.core.platform.allocator import reexec_with_jemalloc
 from mlsd_assets.data.partitions import OFFICIAL_BATCHES, add_official_batches
-from mlsd_assets.ml.allocator import reexec_with_jemalloc
 from mlsd_assets.settings import load_settings
 
 ORDER = (

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Protocol, Self
 
 import dagster as dg
 
-from mlsd_assets.ml.atomic import clean_stale_temps
+from mlsd_assets.core.platform.atomic import clean_stale_temps
 
 
 class Artifact(Protocol):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mlsd_assets.ml.batches import CIFAR10_CLASSES, image_hashes
-from mlsd_assets.ml.splits import DROPPED_COLUMNS, Cifar10Split
+from mlsd_assets.core.data.batches import CIFAR10_CLASSES, image_hashes
+from mlsd_assets.core.data.splits import DROPPED_COLUMNS, Cifar10Split
 
 # One colour and one stripe direction per class: a small net separates them within an epoch.
 _PALETTE = np.random.default_rng(1234).integers(40, 216, size=(len(CIFAR10_CLASSES), 3))

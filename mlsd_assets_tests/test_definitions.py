@@ -4,8 +4,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from mlsd_assets.core.data.splits import Cifar10Split
 from mlsd_assets.definitions import defs
-from mlsd_assets.ml.splits import Cifar10Split
 from mlsd_assets_tests.synthetic import make_split
 
 

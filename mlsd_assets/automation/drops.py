@@ -27,9 +27,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlsd_assets.ml.atomic import atomic_path
-from mlsd_assets.ml.limits import shown
-from mlsd_assets.ml.sources import MAX_KEY_LENGTH
+from mlsd_assets.core.data.sources import MAX_KEY_LENGTH
+from mlsd_assets.core.platform.atomic import atomic_path
+from mlsd_assets.core.platform.limits import shown
 
 READY_SUFFIX = ".ready"
 REASON_SUFFIX = ".reason.txt"
@@ -144,7 +144,7 @@ def vet(drop: Drop, timeout_s: float) -> Verdict:
 
 def _vet_here(path: Path, key: str) -> dict[str, object]:
     """The child's side of `vet`: any exception is the drop's fault, reported with the file it names."""
-    from mlsd_assets.ml.sources import read_drop
+    from mlsd_assets.core.data.sources import read_drop
 
     try:
         return {"images": len(read_drop(path, key))}

@@ -115,8 +115,8 @@ def build_new_data_sensor(interval_s: int = 30, limits: drops.IntakeLimits | Non
 
 def _valid_key(key: str) -> bool:
     """Only keys a drop could have been accepted under (no temp files, nothing too long to ingest)."""
-    from mlsd_assets.ml.batches import InvalidBatchError
-    from mlsd_assets.ml.sources import check_drop_key
+    from mlsd_assets.core.data.batches import InvalidBatchError
+    from mlsd_assets.core.data.sources import check_drop_key
 
     try:
         check_drop_key(key)

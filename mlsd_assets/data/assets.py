@@ -5,13 +5,13 @@ import pandas as pd
 from pydantic import Field
 
 from mlsd_assets.automation.trust import require_trusted_inputs
+from mlsd_assets.core.data.batches import CIFAR10_CLASSES, RawBatch
+from mlsd_assets.core.data.cleaning import NEAR_DUPLICATE_DISTANCE, build_split
+from mlsd_assets.core.data.schemas import INDEX_SCHEMA
+from mlsd_assets.core.data.sources import find_drop, read_drop
+from mlsd_assets.core.data.splits import SPLITS, Cifar10Split
 from mlsd_assets.data.partitions import OFFICIAL_BATCHES, raw_batches
 from mlsd_assets.data.resources import Cifar10Source
-from mlsd_assets.data.schemas import INDEX_SCHEMA
-from mlsd_assets.ml.batches import CIFAR10_CLASSES, RawBatch
-from mlsd_assets.ml.cleaning import NEAR_DUPLICATE_DISTANCE, build_split
-from mlsd_assets.ml.sources import find_drop, read_drop
-from mlsd_assets.ml.splits import SPLITS, Cifar10Split
 from mlsd_assets.resources import DataPaths
 
 PREVIEW_ROWS = 20

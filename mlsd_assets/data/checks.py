@@ -5,8 +5,9 @@ import pandas as pd
 import pandera.pandas as pa
 from pydantic import Field
 
-from mlsd_assets.data.assets import cifar10_split, table
-from mlsd_assets.data.schemas import (
+from mlsd_assets.core.data.batches import image_hashes, image_signatures, within
+from mlsd_assets.core.data.cleaning import NEAR_DUPLICATE_DISTANCE
+from mlsd_assets.core.data.schemas import (
     DROPPED_SCHEMA,
     HASH_MATCH_SCHEMA,
     IMAGES_SCHEMA,
@@ -18,9 +19,8 @@ from mlsd_assets.data.schemas import (
     images_frame,
     min_counts_schema,
 )
-from mlsd_assets.ml.batches import image_hashes, image_signatures, within
-from mlsd_assets.ml.cleaning import NEAR_DUPLICATE_DISTANCE
-from mlsd_assets.ml.splits import Cifar10Split
+from mlsd_assets.core.data.splits import Cifar10Split
+from mlsd_assets.data.assets import cifar10_split, table
 
 MAX_FAILURE_ROWS = 20
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import dagster as dg
 import numpy as np
 
+from mlsd_assets.core.data.batches import CIFAR10_CLASSES, RawBatch
+from mlsd_assets.core.data.splits import Cifar10Split
 from mlsd_assets.data.partitions import OFFICIAL_TRAIN_BATCHES, raw_batches
 from mlsd_assets.io_manager import ArtifactIOManager
-from mlsd_assets.ml.batches import CIFAR10_CLASSES, RawBatch
-from mlsd_assets.ml.splits import Cifar10Split
 
 CHANNELS = ("red", "green", "blue")
 

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from mlsd_assets.ml.batches import OFFICIAL_BATCHES, OFFICIAL_TEST_BATCH, OFFICIAL_TRAIN_BATCHES
+from mlsd_assets.core.data.batches import OFFICIAL_BATCHES, OFFICIAL_TEST_BATCH, OFFICIAL_TRAIN_BATCHES
 
 __all__ = [
     "OFFICIAL_BATCHES",

@@ -5,12 +5,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from mlsd_assets.ml.batches import RawBatch
-from mlsd_assets.ml.sources import CIFAR10_MD5, CIFAR10_URL, read_official_batch
+from mlsd_assets.core.data.batches import RawBatch
+from mlsd_assets.core.data.sources import CIFAR10_MD5, CIFAR10_URL, read_official_batch
 
 
 class Cifar10Source(dg.ConfigurableResource):
-    """`location`: "download" (canonical URL, md5-checked) or a local path (see mlsd_assets.ml.sources).
+    """`location`: "download" (canonical URL, md5-checked) or a local path (see mlsd_assets.core.data.sources).
 
     `url`/`md5` exist for mirrors (and tests, which serve a small archive from a file:// URL).
     """

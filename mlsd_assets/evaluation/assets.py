@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Literal
 
 import dagster as dg
 
-from mlsd_assets.evaluation.promotion import IMAGE_ID_TAG, IMAGE_TAG_TAG, Promotion
-from mlsd_assets.evaluation.report import EvaluationReport
-from mlsd_assets.ml.artifacts import OnnxModel
-from mlsd_assets.ml.splits import Cifar10Split
+from mlsd_assets.core.data.splits import Cifar10Split
+from mlsd_assets.core.evaluation.promotion import IMAGE_ID_TAG, IMAGE_TAG_TAG, Promotion
+from mlsd_assets.core.evaluation.report import EvaluationReport
+from mlsd_assets.core.serving.artifacts import ServerImage
+from mlsd_assets.core.training.artifacts import OnnxModel
 from mlsd_assets.resources import DataPaths
-from mlsd_assets.serving.artifacts import ServerImage
 from mlsd_assets.serving.assets import TRANSIENT_RETRY
 from mlsd_assets.serving.resources import DockerEngine
 from mlsd_assets.training.resources import MLflowTracking
@@ -68,12 +68,12 @@ def evaluation_report(
 ) -> EvaluationReport:
     """The container is always removed afterwards (also on failure or interrupt); every server prediction
     must equal the offline ONNX one, or the asset fails instead of reporting a number."""
-    from mlsd_assets.evaluation.gate import compare_predictions
-    from mlsd_assets.evaluation.measure import measure_server, offline_predictions
-    from mlsd_assets.evaluation.promotion import current_champion
-    from mlsd_assets.evaluation.report import classification_metrics, draw_confusion, latency_summary_ms
-    from mlsd_assets.ml.pictures import markdown_image
-    from mlsd_assets.serving.runtime import running_container, running_local_process
+    from mlsd_assets.core.evaluation.gate import compare_predictions
+    from mlsd_assets.core.evaluation.measure import measure_server, offline_predictions
+    from mlsd_assets.core.evaluation.promotion import current_champion
+    from mlsd_assets.core.evaluation.report import classification_metrics, draw_confusion, latency_summary_ms
+    from mlsd_assets.core.platform.pictures import markdown_image
+    from mlsd_assets.core.serving.runtime import running_container, running_local_process
 
     images, labels = cifar10_split.arrays("test")
     if len(images) == 0:
@@ -219,8 +219,8 @@ def _champion_server(
 ) -> tuple[AbstractContextManager, str]:
     """The champion served like the challenger (its image from the engine or registry, or its ONNX file from
     MLflow), and what it is."""
-    from mlsd_assets.evaluation.promotion import champion_onnx, resolve_image
-    from mlsd_assets.serving.runtime import running_container, running_local_process
+    from mlsd_assets.core.evaluation.promotion import champion_onnx, resolve_image
+    from mlsd_assets.core.serving.runtime import running_container, running_local_process
 
     if config.runtime == "container":
         client = docker.client()
@@ -285,7 +285,7 @@ def model_promotion(
 ) -> Promotion:
     """The gate's decision on the evaluated challenger. Only a promoted image is pushed (`:v<N>` and
     `:champion`, when MLSD_IMAGE_REGISTRY is set), and the push comes before the alias moves."""
-    from mlsd_assets.evaluation.promotion import PromotionError, decide_promotion
+    from mlsd_assets.core.evaluation.promotion import PromotionError, decide_promotion
 
     try:
         promotion = decide_promotion(
@@ -334,7 +334,7 @@ def champion_rollback(
     context: dg.OpExecutionContext, config: RollbackConfig, docker: DockerEngine, mlflow: MLflowTracking
 ) -> None:
     """Recorded like a promotion: a `model_promotion` materialization event, plus tags on the version."""
-    from mlsd_assets.evaluation.promotion import rollback
+    from mlsd_assets.core.evaluation.promotion import rollback
 
     by = config.requested_by or context.run.tags.get("mlsd/requested_by") or "unknown"
     promotion = rollback(

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from mlsd_assets.evaluation.promotion import Promotion
+from mlsd_assets.core.evaluation.promotion import Promotion
 
 
 @dg.asset_check(

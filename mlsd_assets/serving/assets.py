@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from mlsd_assets.ml.artifacts import OnnxModel
+from mlsd_assets.core.serving.artifacts import ServerImage
+from mlsd_assets.core.training.artifacts import OnnxModel
 from mlsd_assets.resources import DataPaths
-from mlsd_assets.serving.artifacts import ServerImage
 from mlsd_assets.serving.resources import DockerEngine
 
 DEFAULT_BASE_IMAGE = "mlsd/python-base:bookworm"
@@ -52,7 +52,7 @@ def inference_server_image(
     The build needs no network (wheels come from the context), so it runs on air-gapped engines too."""
     from pathlib import Path
 
-    from mlsd_assets.serving.image import (
+    from mlsd_assets.core.serving.image import (
         build_image,
         ensure_wheelhouse,
         host_pins,

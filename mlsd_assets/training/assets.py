@@ -10,17 +10,17 @@ from typing import TYPE_CHECKING, Literal
 import dagster as dg
 
 from mlsd_assets.automation.trust import require_trusted_inputs
-from mlsd_assets.ml.artifacts import META_PREFIX, OnnxModel, TrainedModel
-from mlsd_assets.ml.batches import CIFAR10_CLASSES
-from mlsd_assets.ml.splits import Cifar10Split
+from mlsd_assets.core.data.batches import CIFAR10_CLASSES
+from mlsd_assets.core.data.splits import Cifar10Split
+from mlsd_assets.core.training.artifacts import META_PREFIX, OnnxModel, TrainedModel
 from mlsd_assets.resources import DataPaths
 from mlsd_assets.training import tracking
 from mlsd_assets.training.config import ModelConfig
 from mlsd_assets.training.resources import DAGSTER_RUN_TAG, MLflowTracking
 
 if TYPE_CHECKING:
-    from mlsd_assets.ml.serving_graph import Choice
-    from mlsd_assets.ml.train import EpochStats, TrainConfig
+    from mlsd_assets.core.serving.graph import Choice
+    from mlsd_assets.core.training.train import EpochStats, TrainConfig
 
 
 def split_source(context: dg.AssetExecutionContext) -> str:
@@ -43,7 +43,7 @@ def sized_config(
     the probe's estimate of one validation pass in seconds (0 without a probe)."""
     import dataclasses
 
-    from mlsd_assets.ml.budget import budgeted, measure_throughput, plan_budget
+    from mlsd_assets.core.training.budget import budgeted, measure_throughput, plan_budget
 
     if budget_s is None:
         return config, 0.0
@@ -80,10 +80,10 @@ def cifar10_model(
     overrides = require_trusted_inputs(context)  # the split's blocking checks passed, or an operator overrode them
     import torch
 
-    from mlsd_assets.ml.curves import plot_curves
-    from mlsd_assets.ml.env_info import environment
-    from mlsd_assets.ml.pictures import markdown_image
-    from mlsd_assets.ml.train import read_checkpoint, train
+    from mlsd_assets.core.platform.env_info import environment
+    from mlsd_assets.core.platform.pictures import markdown_image
+    from mlsd_assets.core.training.curves import plot_curves
+    from mlsd_assets.core.training.train import read_checkpoint, train
 
     base_config, budget_s = config.train_config(), config.budget_seconds()
     x_train, y_train = cifar10_split.arrays("train")
@@ -198,7 +198,7 @@ def cifar10_model(
 
 class OnnxConfig(dg.Config):
     """How the served graph is chosen: every listed variant is measured on validation, and the fastest within
-    `max_accuracy_drop_pt` points of the most accurate is served (see mlsd_assets/ml/serving_graph.py)."""
+    `max_accuracy_drop_pt` points of the most accurate is served (see mlsd_assets/core/serving/graph.py)."""
 
     variants: list[str] = ["fp32_tta", "fp32", "ort_tta", "ort", "int8_tta", "int8"]
     max_accuracy_drop_pt: float = 0.3
@@ -220,8 +220,8 @@ def cifar10_onnx(
     """Raw uint8 NHWC pixels in, float32 logits out; preprocessing is inside the graph so no server
     can normalise wrongly. The fp32 export is the reference (`check_cifar10_onnx_parity` holds it to PyTorch);
     the served file is the variant chosen by measurement on validation (`check_cifar10_onnx_served_agreement`)."""
-    from mlsd_assets.ml.export import INPUT_NAME, OPSET, OUTPUT_NAME, contract_metadata
-    from mlsd_assets.ml.serving_graph import Selection, select_served_graph
+    from mlsd_assets.core.serving.export import INPUT_NAME, OPSET, OUTPUT_NAME, contract_metadata
+    from mlsd_assets.core.serving.graph import Selection, select_served_graph
 
     metadata = contract_metadata(
         classes=cifar10_model.classes,
@@ -274,7 +274,7 @@ def cifar10_onnx(
 
 def _export_both(model: TrainedModel, metadata: dict[str, str], log) -> tuple[bytes, bytes]:  # noqa: ANN001
     """The fp32 graph without and with flip test-time augmentation (same weights)."""
-    from mlsd_assets.ml.export import export_onnx
+    from mlsd_assets.core.serving.export import export_onnx
 
     module = model.inference_model()
     graphs = []

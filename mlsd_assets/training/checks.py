@@ -3,8 +3,8 @@
 import dagster as dg
 import numpy as np
 
-from mlsd_assets.ml.artifacts import OnnxModel, TrainedModel
-from mlsd_assets.ml.splits import Cifar10Split
+from mlsd_assets.core.data.splits import Cifar10Split
+from mlsd_assets.core.training.artifacts import OnnxModel, TrainedModel
 
 PARITY_IMAGES = 256
 PARITY_TOLERANCE = 1e-4
@@ -32,7 +32,7 @@ def parity_images(split: Cifar10Split, count: int = PARITY_IMAGES) -> tuple[np.n
 def check_cifar10_onnx_parity(
     cifar10_onnx: OnnxModel, cifar10_model: TrainedModel, cifar10_split: Cifar10Split
 ) -> dg.AssetCheckResult:
-    from mlsd_assets.ml.export import parity
+    from mlsd_assets.core.serving.export import parity
 
     images, from_validation = parity_images(cifar10_split)
     result = parity(cifar10_model.inference_model(), cifar10_onnx.fp32_bytes, images)
@@ -52,7 +52,7 @@ def check_cifar10_onnx_parity(
     "fp32 graph's; the argmax agreement rate is recorded",
 )
 def check_cifar10_onnx_served_agreement(cifar10_onnx: OnnxModel, cifar10_split: Cifar10Split) -> dg.AssetCheckResult:
-    from mlsd_assets.ml.serving_graph import agreement
+    from mlsd_assets.core.serving.graph import agreement
 
     images, labels = cifar10_split.arrays("validation")
     if len(images) == 0:

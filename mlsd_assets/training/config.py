@@ -8,7 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 if TYPE_CHECKING:
-    from mlsd_assets.ml.train import TrainConfig
+    from mlsd_assets.core.training.train import TrainConfig
 
 
 # Training minutes by default: with ingestion, export, image build and evaluation, `make pipeline` takes about
@@ -19,7 +19,7 @@ DEFAULT_BUDGET_MINUTES = 8.0
 class ModelConfig(dg.Config):
     """`recipe`: "fast" (default), "long" (more accurate, about 3x the time), "sgd" (airbench94's SGD recipe)
     or "vgg11" (seed-parity recipe: Adam 1e-3, batch 32, 1 epoch). Without a recipe, `architecture` picks its
-    default one. Leave a field unset (null) to keep the recipe's value from `mlsd_assets.ml.train.RECIPES`."""
+    default one. Leave a field unset (null) to keep the value of `core.training.train.RECIPES`."""
 
     recipe: str | None = Field(default=None, description="fast | long | sgd | vgg11")
     architecture: str = Field(default="airbench", description="airbench | vgg11")
@@ -54,7 +54,7 @@ class ModelConfig(dg.Config):
         return self.time_budget_minutes * 60.0
 
     def train_config(self) -> TrainConfig:
-        from mlsd_assets.ml.train import default_config, recipe_config
+        from mlsd_assets.core.training.train import default_config, recipe_config
 
         overrides: dict[str, Any] = {
             k: v

@@ -9,15 +9,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlsd_assets.ml.splits import Cifar10Split
+from mlsd_assets.core.data.splits import Cifar10Split
 from mlsd_assets.training.resources import MLflowTracking
 
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
 
-    from mlsd_assets.ml.budget import BudgetPlan, Throughput
-    from mlsd_assets.ml.models import InferenceModel
-    from mlsd_assets.ml.train import EpochStats, TrainConfig, TrainResult
+    from mlsd_assets.core.training.budget import BudgetPlan, Throughput
+    from mlsd_assets.core.training.models import InferenceModel
+    from mlsd_assets.core.training.train import EpochStats, TrainConfig, TrainResult
 
 
 def log_setup(
@@ -108,7 +108,7 @@ def log_result(tracking: MLflowTracking, run_id: str, result: TrainResult, curve
     import numpy as np
     from mlflow.models import infer_signature
 
-    from mlsd_assets.ml.env_info import package_versions
+    from mlsd_assets.core.platform.env_info import package_versions
 
     client = tracking.client()
     final = {f"final_val_{k}": v for k, v in result.validation.items() if k != "count"}
@@ -137,6 +137,6 @@ def log_result(tracking: MLflowTracking, run_id: str, result: TrainResult, curve
 
 
 def _logits(model: InferenceModel, images: Any) -> Any:
-    from mlsd_assets.ml.train import predict_logits
+    from mlsd_assets.core.training.train import predict_logits
 
     return predict_logits(model, images)

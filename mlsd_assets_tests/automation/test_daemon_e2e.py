@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from mlsd_assets.serving.runtime import free_port
+from mlsd_assets.core.serving.runtime import free_port
 from mlsd_assets_tests.cifar_files import write_pickle_batch
 from mlsd_assets_tests.deployment.instance import code_server_args, write_grpc_workspace
 from mlsd_assets_tests.synthetic import make_images

@@ -14,7 +14,7 @@ import pytest
 from mlsd_assets.automation import drops
 from mlsd_assets.automation.drops import partition_key_for
 from mlsd_assets.automation.sensors import build_new_data_sensor
-from mlsd_assets.ml.sources import find_drop, read_drop
+from mlsd_assets.core.data.sources import find_drop, read_drop
 from mlsd_assets.resources import DataPaths
 from mlsd_assets_tests import hostile_files as hf
 from mlsd_assets_tests.cifar_files import tar_gz, write_image_folder, write_pickle_batch

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from mlsd_assets.serving.runtime import free_port
+from mlsd_assets.core.serving.runtime import free_port
 from mlsd_assets_tests.automation.test_daemon_e2e import BIN, REPO, Processes
 from mlsd_assets_tests.cifar_files import write_cifar_python_dir
 from mlsd_assets_tests.deployment.instance import code_server_args, write_grpc_workspace

@@ -15,12 +15,12 @@ from mlsd_assets.automation.jobs import MODEL_ASSET
 from mlsd_assets.automation.schedules import build_training_schedule
 from mlsd_assets.automation.sensors import build_retraining_sensor
 from mlsd_assets.automation.trust import OVERRIDE_TAG
+from mlsd_assets.core.data.batches import RawBatch
 from mlsd_assets.data.assets import cifar10_split, raw_cifar10
 from mlsd_assets.data.partitions import OFFICIAL_BATCHES
 from mlsd_assets.data.resources import Cifar10Source
 from mlsd_assets.definitions import defs
 from mlsd_assets.io_manager import ArtifactIOManager
-from mlsd_assets.ml.batches import RawBatch
 from mlsd_assets.resources import DataPaths
 from mlsd_assets.settings import load_settings
 from mlsd_assets.training.assets import cifar10_model

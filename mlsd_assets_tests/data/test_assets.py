@@ -6,13 +6,13 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from mlsd_assets.core.data.batches import RawBatch
+from mlsd_assets.core.data.sources import SOURCE_ENV, SourceUnavailableError
+from mlsd_assets.core.data.splits import Cifar10Split
 from mlsd_assets.data.assets import raw_cifar10
 from mlsd_assets.data.partitions import OFFICIAL_BATCHES
 from mlsd_assets.data.resources import Cifar10Source
 from mlsd_assets.io_manager import ArtifactIOManager
-from mlsd_assets.ml.batches import RawBatch
-from mlsd_assets.ml.sources import SOURCE_ENV, SourceUnavailableError
-from mlsd_assets.ml.splits import Cifar10Split
 from mlsd_assets.resources import DataPaths
 from mlsd_assets.settings import load_settings
 from mlsd_assets_tests.cifar_files import (

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mlsd_assets.core.data.batches import RawBatch, image_hashes
+from mlsd_assets.core.data.cleaning import build_split
+from mlsd_assets.core.data.splits import Cifar10Split
 from mlsd_assets.data import checks
 from mlsd_assets.io_manager import ArtifactIOManager
-from mlsd_assets.ml.batches import RawBatch, image_hashes
-from mlsd_assets.ml.cleaning import build_split
-from mlsd_assets.ml.splits import Cifar10Split
 from mlsd_assets_tests.data.materialize import SPLIT_CHECKS
 from mlsd_assets_tests.synthetic import make_images
 

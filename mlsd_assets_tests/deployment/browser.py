@@ -15,7 +15,7 @@ from typing import Any
 
 from websockets.sync.client import ClientConnection, connect
 
-from mlsd_assets.serving.runtime import stop_process
+from mlsd_assets.core.serving.runtime import stop_process
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlsd_assets.serving.runtime import stop_process
+from mlsd_assets.core.serving.runtime import stop_process
 
 
 @dataclass

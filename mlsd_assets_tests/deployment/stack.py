@@ -15,7 +15,7 @@ import httpx
 import psycopg2
 import yaml
 
-from mlsd_assets.serving.runtime import free_port
+from mlsd_assets.core.serving.runtime import free_port
 from mlsd_assets_tests.deployment.compose import compose_command
 from mlsd_assets_tests.deployment.instance import DOCKER_DIR, deployment_instance_config
 

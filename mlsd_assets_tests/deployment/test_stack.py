@@ -14,7 +14,7 @@ import dagster as dg
 import httpx
 import pytest
 
-from mlsd_assets.serving.runtime import free_port
+from mlsd_assets.core.serving.runtime import free_port
 from mlsd_assets_tests.cifar_files import write_cifar_python_tarball
 from mlsd_assets_tests.deployment.browser import Browser, chromium_unavailable_reason
 from mlsd_assets_tests.deployment.engine import SecondEngine
@@ -132,7 +132,7 @@ def _serve_and_scrape(stack: Stack, model: str) -> dict[str, str]:
         "run", "-d", "--name", f"{stack.project}-inference-server", "--network", stack.network,
         "--network-alias", "inference-server", "--label", f"{STACK_LABEL}={stack.project}",
         "-v", f"{stack.project}_data:/opt/mlsd", stack.images["user-code"],
-        "python", "-m", "mlsd_assets.serving.server", "--model", model, "--host", "0.0.0.0", "--port", "8080",
+        "python", "-m", "mlsd_assets.core.serving.server", "--model", model, "--host", "0.0.0.0", "--port", "8080",
     )  # fmt: skip
     prometheus = f"http://127.0.0.1:{stack.ports['prometheus']}/api/v1"
     deadline = time.monotonic() + 120

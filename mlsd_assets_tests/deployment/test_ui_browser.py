@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mlsd_assets.serving.runtime import stop_process
+from mlsd_assets.core.serving.runtime import stop_process
 from mlsd_assets_tests.deployment.browser import Browser, chromium_unavailable_reason
 
 REPO = Path(__file__).resolve().parents[2]

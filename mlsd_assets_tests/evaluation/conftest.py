@@ -32,4 +32,4 @@ def register_version(tracking: MLflowTracking, name: str = MODEL_NAME) -> tuple[
 
 
 # The real engine and the image wheelhouse, shared with the serving tests.
-from mlsd_assets_tests.serving.conftest import docker_engine, wheelhouse_cache  # noqa: E402, F401
+from mlsd_assets_tests.core.serving.conftest import docker_engine, wheelhouse_cache  # noqa: E402, F401

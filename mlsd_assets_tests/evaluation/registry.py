@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from mlsd_assets.serving.runtime import free_port, stop_process
+from mlsd_assets.core.serving.runtime import free_port, stop_process
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 MANIFEST_TYPES = ", ".join(

@@ -9,18 +9,18 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from mlsd_assets.core.data.splits import Cifar10Split
+from mlsd_assets.core.evaluation.measure import EvaluationError, measure_server, offline_predictions
+from mlsd_assets.core.evaluation.report import EvaluationReport, classification_metrics
+from mlsd_assets.core.serving.artifacts import ServerImage
+from mlsd_assets.core.serving.runtime import running_local_process
+from mlsd_assets.core.training.artifacts import OnnxModel
 from mlsd_assets.evaluation.assets import ACCURACY_TAG, evaluation_report
-from mlsd_assets.evaluation.measure import EvaluationError, measure_server, offline_predictions
-from mlsd_assets.evaluation.report import EvaluationReport, classification_metrics
 from mlsd_assets.io_manager import ArtifactIOManager
-from mlsd_assets.ml.artifacts import OnnxModel
-from mlsd_assets.ml.splits import Cifar10Split
 from mlsd_assets.resources import DataPaths
-from mlsd_assets.serving.artifacts import ServerImage
 from mlsd_assets.serving.resources import DockerEngine
-from mlsd_assets.serving.runtime import running_local_process
+from mlsd_assets_tests.core.serving.onnx_models import nearest_mean_weights, write_tiny_model
 from mlsd_assets_tests.evaluation.conftest import register_version
-from mlsd_assets_tests.serving.onnx_models import nearest_mean_weights, write_tiny_model
 from mlsd_assets_tests.synthetic import make_split
 
 log = logging.getLogger("test")

@@ -8,18 +8,18 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from mlsd_assets.core.data.splits import Cifar10Split
+from mlsd_assets.core.evaluation.promotion import CHAMPION_ALIAS, Promotion
+from mlsd_assets.core.serving.artifacts import ServerImage
+from mlsd_assets.core.training.artifacts import OnnxModel
 from mlsd_assets.evaluation.assets import evaluation_report, model_promotion
 from mlsd_assets.evaluation.checks import check_model_promotion_accepted
-from mlsd_assets.evaluation.promotion import CHAMPION_ALIAS, Promotion
 from mlsd_assets.io_manager import ArtifactIOManager
-from mlsd_assets.ml.artifacts import OnnxModel
-from mlsd_assets.ml.splits import Cifar10Split
 from mlsd_assets.resources import DataPaths
-from mlsd_assets.serving.artifacts import ServerImage
 from mlsd_assets.serving.resources import DockerEngine
 from mlsd_assets.training.resources import MLflowTracking
+from mlsd_assets_tests.core.serving.onnx_models import nearest_mean_weights, write_tiny_model
 from mlsd_assets_tests.evaluation.conftest import MODEL_NAME, register_version
-from mlsd_assets_tests.serving.onnx_models import nearest_mean_weights, write_tiny_model
 from mlsd_assets_tests.synthetic import make_split
 
 SPLIT = make_split(n_train=300, n_validation=20, n_test=150, seed=21)
@@ -139,7 +139,7 @@ def test_both_servers_stop_when_measurement_fails(mlsd_home, mlflow_tracking, tm
             seen[who] = url
         raise dg.Failure("induced failure while both servers run", allow_retries=False)
 
-    monkeypatch.setattr("mlsd_assets.evaluation.measure.measure_server", induced)
+    monkeypatch.setattr("mlsd_assets.core.evaluation.measure.measure_server", induced)
     challenger = trained(mlflow_tracking, tmp_path, GOOD)
     result = evaluate_and_decide(mlsd_home, mlflow_tracking, challenger, raise_on_error=False)
     assert not result.success and set(seen) == {"challenger", "champion"}

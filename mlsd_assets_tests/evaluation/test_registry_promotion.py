@@ -12,19 +12,19 @@ import dagster as dg
 import httpx
 import pytest
 
+from mlsd_assets.core.data.splits import Cifar10Split
+from mlsd_assets.core.evaluation.promotion import CHAMPION_ALIAS
+from mlsd_assets.core.training.artifacts import OnnxModel
 from mlsd_assets.evaluation.assets import evaluation_report, model_promotion
 from mlsd_assets.evaluation.checks import check_model_promotion_accepted
-from mlsd_assets.evaluation.promotion import CHAMPION_ALIAS
 from mlsd_assets.io_manager import ArtifactIOManager
-from mlsd_assets.ml.artifacts import OnnxModel
-from mlsd_assets.ml.splits import Cifar10Split
 from mlsd_assets.resources import DataPaths
 from mlsd_assets.serving.assets import inference_server_image
 from mlsd_assets.serving.resources import DockerEngine
 from mlsd_assets.training.resources import MLflowTracking
+from mlsd_assets_tests.core.serving.onnx_models import write_tiny_model
 from mlsd_assets_tests.evaluation.registry import Registry, registry_available, running_registry
 from mlsd_assets_tests.evaluation.test_promotion import GOOD, SPLIT, bad_weights
-from mlsd_assets_tests.serving.onnx_models import write_tiny_model
 
 pytestmark = [
     pytest.mark.docker,
@@ -199,7 +199,7 @@ def test_both_containers_removed_when_side_by_side_fails(world, first, monkeypat
             seen[who] = url
         raise dg.Failure("induced failure while both containers run", allow_retries=False)
 
-    monkeypatch.setattr("mlsd_assets.evaluation.measure.measure_server", induced)
+    monkeypatch.setattr("mlsd_assets.core.evaluation.measure.measure_server", induced)
     champion_before = world.champion()
     result = world.evaluate(world.register(GOOD), raise_on_error=False)
     assert not result.success and set(seen) == {"challenger", "champion"}

@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from mlsd_assets.ml.pictures import markdown_image
+from mlsd_assets.core.platform.pictures import markdown_image
 from mlsd_assets_tests.deployment.browser import Browser, chromium_unavailable_reason
 from mlsd_assets_tests.deployment.test_ui_browser import _dismiss_community_dialog, webserver  # noqa: F401
 
@@ -29,8 +29,8 @@ SHOW_MARKDOWN = (
 
 
 def _curves_png(path: Path) -> Path:
-    from mlsd_assets.ml.curves import plot_curves
-    from mlsd_assets.ml.train import EpochStats
+    from mlsd_assets.core.training.curves import plot_curves
+    from mlsd_assets.core.training.train import EpochStats
 
     history = [EpochStats(e, 3, 2.0 / e, 0.3 * e, 2.1 / e, 0.28 * e, 0.1, 900.0, 50.0, 55.0, 0.0) for e in (1, 2, 3)]
     return plot_curves(history, path, "training curves")

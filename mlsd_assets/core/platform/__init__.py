@@ -1,0 +1,1 @@
+"""Infrastructure the other subjects share: atomic writes, input limits, the allocator, environment facts."""

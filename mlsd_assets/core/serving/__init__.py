@@ -1,0 +1,1 @@
+"""The served graph (export, variants), the inference server and its image."""

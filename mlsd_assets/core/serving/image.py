@@ -1,0 +1,203 @@
+"""Build context, wheelhouse, build and push of the server image. No dagster; docker imported lazily."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mlsd_assets.core.platform.atomic import file_lock
+from mlsd_assets.core.serving.server import RUNTIME_REQUIREMENTS
+
+if TYPE_CHECKING:
+    import docker
+
+SERVER_PACKAGE = Path(__file__).parent / "server"
+DOCKERFILE = Path(__file__).parent / "Dockerfile"
+# Wheels the image's Python (Debian bookworm: CPython 3.11, glibc 2.36) can install.
+WHEEL_PLATFORMS = (
+    "manylinux_2_36_x86_64",
+    "manylinux_2_28_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+)
+WHEEL_PYTHON = "3.11"
+
+
+class ImageBuildError(RuntimeError):
+    """The engine refused or failed the build; the message carries the build log's tail."""
+
+
+def host_pins(requirements: Sequence[str] = RUNTIME_REQUIREMENTS) -> list[str]:
+    """Pin the image to the versions installed here, so the server the tests exercise is the one shipped."""
+    pins = []
+    for name in requirements:
+        try:
+            pins.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            raise ImageBuildError(
+                f"{name} is not installed here: the image pins this environment's versions of {', '.join(requirements)}"
+            ) from None
+    return pins
+
+
+def _normalise(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def wheelhouse_pins(wheelhouse: Path) -> list[str]:
+    """`name==version` for every wheel in the wheelhouse (the full resolved set, dependencies included)."""
+    pins = []
+    for wheel in sorted(wheelhouse.glob("*.whl")):
+        name, version = wheel.name.split("-")[:2]
+        pins.append(f"{_normalise(name)}=={version}")
+    return pins
+
+
+def ensure_wheelhouse(cache_dir: Path, pins: Sequence[str], log: logging.Logger) -> Path:
+    """Download the image's wheels once per pin set: the host reaches PyPI, the image build does not."""
+    key = hashlib.sha256("\n".join([WHEEL_PYTHON, *WHEEL_PLATFORMS, *sorted(pins)]).encode()).hexdigest()[:16]
+    dest = cache_dir / f"wheelhouse-{key}"
+    with file_lock(cache_dir / f".wheelhouse-{key}.lock"):
+        if (dest / ".complete").exists():
+            log.info("wheelhouse cached at %s (%d wheels)", dest, len(list(dest.glob("*.whl"))))
+            return dest
+        tmp = Path(tempfile.mkdtemp(prefix=f".wheelhouse-{key}.", dir=cache_dir))
+        try:
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--only-binary=:all:",
+                "--implementation",
+                "cp",
+                "--python-version",
+                WHEEL_PYTHON,
+                *(arg for p in WHEEL_PLATFORMS for arg in ("--platform", p)),
+                "--dest",
+                str(tmp),
+                *pins,
+            ]
+            log.info("downloading wheels for the image: %s", " ".join(pins))
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise ImageBuildError(
+                    f"pip download of the image's wheels failed (exit {done.returncode}); the host needs "
+                    "PyPI (or a mirror via PIP_INDEX_URL) once, the image build itself does not:\n"
+                    + done.stderr[-3000:]
+                )
+            (tmp / ".complete").write_text("\n".join(pins) + "\n")
+            shutil.rmtree(dest, ignore_errors=True)
+            tmp.rename(dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("wheelhouse ready at %s (%d wheels)", dest, len(list(dest.glob("*.whl"))))
+    return dest
+
+
+def write_build_context(dest: Path, model_bytes: bytes, wheelhouse: Path) -> Path:
+    """Everything the build needs in one folder: Dockerfile, wheels + pinned requirements, server, model."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    (dest / "wheelhouse").mkdir(parents=True)
+    shutil.copy2(DOCKERFILE, dest / "Dockerfile")
+    for wheel in wheelhouse.glob("*.whl"):
+        _link_or_copy(wheel, dest / "wheelhouse" / wheel.name)
+    (dest / "wheelhouse" / "requirements.txt").write_text("\n".join(wheelhouse_pins(wheelhouse)) + "\n")
+    (dest / "app" / "mlsd_server").mkdir(parents=True)
+    for source in SERVER_PACKAGE.glob("*.py"):
+        shutil.copy2(source, dest / "app" / "mlsd_server" / source.name)
+    (dest / "app" / "model.onnx").write_bytes(model_bytes)
+    return dest
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    try:
+        dest.hardlink_to(source)
+    except OSError:
+        shutil.copy2(source, dest)
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    image_id: str
+    size_bytes: int
+    seconds: float
+
+
+def build_image(
+    client: docker.DockerClient,
+    context_dir: Path,
+    tag: str,
+    base_image: str,
+    labels: dict[str, str],
+    log: logging.Logger,
+) -> BuiltImage:
+    """Classic builder with the network off: proves the build is self-contained. Streams its log."""
+    import docker.errors
+
+    try:
+        client.images.get(base_image)
+    except docker.errors.ImageNotFound:
+        raise ImageBuildError(
+            f"base image {base_image!r} is not on the engine; build it offline with docker/engine/prepare.sh "
+            "(MLSD_BASE_IMAGE names another) or pull it"
+        ) from None
+    start = time.perf_counter()
+    tail: list[str] = []
+    image_id = ""
+    stream = client.api.build(
+        path=str(context_dir),
+        tag=tag,
+        rm=True,
+        forcerm=True,
+        pull=False,
+        decode=True,
+        network_mode="none",
+        buildargs={"BASE_IMAGE": base_image},
+        labels=labels,
+    )
+    for chunk in stream:
+        if "error" in chunk:
+            raise ImageBuildError(f"building {tag} failed: {chunk['error'].strip()}\n" + "".join(tail[-30:]))
+        line = chunk.get("stream", "")
+        if line:
+            tail.append(line)
+            if line.strip():
+                log.info("build: %s", line.rstrip())
+        image_id = chunk.get("aux", {}).get("ID", image_id)
+    image = client.images.get(tag)
+    if image_id and image.id != image_id:
+        raise ImageBuildError(f"{tag} points at {image.id}, not the image just built ({image_id})")
+    seconds = time.perf_counter() - start
+    return BuiltImage(image_id=image.id, size_bytes=int(image.attrs["Size"]), seconds=seconds)
+
+
+def push_image(
+    client: docker.DockerClient, tag: str, target: str, auth: dict[str, str] | None, log: logging.Logger
+) -> str:
+    """Tag as `target` (registry/repository:tag), push, return the registry digest."""
+    repository, _, target_tag = target.rpartition(":")
+    client.images.get(tag).tag(repository, target_tag)
+    digest = ""
+    for chunk in client.images.push(repository, target_tag, auth_config=auth, stream=True, decode=True):
+        if "error" in chunk:
+            raise ImageBuildError(f"push of {target} failed: {chunk['error']}")
+        digest = chunk.get("aux", {}).get("Digest", digest)
+        if chunk.get("status") and not chunk.get("progressDetail"):
+            log.info("push: %s", chunk["status"])
+    if not digest:
+        raise ImageBuildError(f"push of {target} finished without a digest from the registry")
+    return digest

@@ -1,0 +1,104 @@
+"""`python -m mlsd_server --model model.onnx` in the image; `-m mlsd_assets.core.serving.server` in a checkout."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import uvicorn
+
+from .app import create_app
+from .batching import BatchingConfig
+from .inputs import Limits
+from .model import Predictor
+from .protocol import HEAD_TIMEOUT_S, MAX_HEAD_BYTES, BoundedHttpToolsProtocol
+
+
+def _flag(value: str) -> bool:
+    if value.lower() not in ("1", "0", "true", "false", "on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on/off, got {value!r}")
+    return value.lower() in ("1", "true", "on")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="mlsd_server", description=__doc__)
+    parser.add_argument("--model", type=Path, required=True, help="ONNX model with mlsd.* metadata")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--intra-op-threads", type=int, default=0, help="ORT threads per call (0: all cores)")
+    parser.add_argument("--spinning", action="store_true", help="let ORT threads busy-wait (more CPU)")
+    parser.add_argument("--batching", type=_flag, default=True, help="coalesce concurrent requests (on/off)")
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=BatchingConfig.max_batch_size,
+        help="images per ORT call; bigger requests run in chunks of this size",
+    )
+    parser.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=BatchingConfig.max_queue_delay_us,
+        help="how long the first request of a batch waits for others (0: take what is queued)",
+    )
+    parser.add_argument("--max-request-images", type=int, default=Limits.max_batch)
+    parser.add_argument("--max-body-bytes", type=int, default=Limits.max_body_bytes)
+    parser.add_argument(
+        "--max-inflight-bytes",
+        type=int,
+        default=Limits.max_inflight_bytes,
+        help="request bodies held by all requests together; beyond it: 503",
+    )
+    parser.add_argument("--body-timeout-s", type=float, default=Limits.body_timeout_s)
+    parser.add_argument("--max-head-bytes", type=int, default=MAX_HEAD_BYTES)
+    parser.add_argument("--head-timeout-s", type=float, default=HEAD_TIMEOUT_S)
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=512,
+        help="open connections (and in-flight requests) before new requests get 503",
+    )
+    parser.add_argument("--keep-alive-s", type=int, default=5, help="idle keep-alive connections close after")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    predictor = Predictor(args.model, intra_op_threads=args.intra_op_threads, spinning=args.spinning)
+    limits = Limits(
+        max_batch=args.max_request_images,
+        max_body_bytes=args.max_body_bytes,
+        max_inflight_bytes=args.max_inflight_bytes,
+        body_timeout_s=args.body_timeout_s,
+    )
+    batching = BatchingConfig(args.batching, args.max_batch_size, args.max_queue_delay_us)
+    app = create_app(predictor, limits, batching)
+    protocol = type(
+        "Protocol",
+        (BoundedHttpToolsProtocol,),
+        {"max_head_bytes": args.max_head_bytes, "head_timeout_s": args.head_timeout_s},
+    )
+    logging.getLogger("mlsd_server").info(
+        "serving %s (%s version %r) on %s:%d, %s",
+        args.model,
+        predictor.contract.name,
+        predictor.contract.version,
+        args.host,
+        args.port,
+        batching,
+    )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        access_log=False,
+        log_level=args.log_level,
+        server_header=False,
+        http=protocol,
+        loop="uvloop",
+        limit_concurrency=args.max_connections,
+        timeout_keep_alive=args.keep_alive_s,
+        backlog=2048,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The model, its training loop and what training hands downstream."""

@@ -1,1 +1,0 @@
-"""The ML core: data containers, model factory, training, export. No Dagster in here."""

@@ -1,0 +1,77 @@
+"""Time budget: the plan from a (fake) throughput, the probe on real steps, and a tiny budget actually met."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+from mlsd_assets.core.training.budget import Throughput, budgeted, measure_throughput, plan_budget
+from mlsd_assets.core.training.train import BUDGET_RESERVE, recipe_config, total_steps, train
+from mlsd_assets_tests.synthetic import make_split
+from mlsd_assets_tests.training.tiny import TINY
+
+LOG = logging.getLogger("test")
+
+
+def _throughput(train_ips: float, eval_ips: float = 10_000.0, seconds: float = 5.0) -> Throughput:
+    return Throughput(train_ips, eval_ips, seconds, "fp32", 2, "test CPU", "avx2")
+
+
+def test_plan_fills_the_budget_and_no_more() -> None:
+    # 50,000 images, batch 2000 (25 steps/epoch), 1000 img/s -> 2 s/step; 5000 val at 10k img/s -> 0.5 s
+    plan = plan_budget(600.0, _throughput(1000.0), 50_000, 5_000, 2000)
+    available = 600.0 * (1 - BUDGET_RESERVE) - 5.0
+    cost = plan.steps * 2.0 + (plan.epochs + 1) * 0.5
+    assert cost <= available < cost + 2.0 + 0.5  # one more step would not fit
+    assert plan.steps_per_epoch == 25 and plan.epochs == -(-plan.steps // 25)
+    assert plan.expected_seconds == pytest.approx(5.0 + cost)
+    assert plan.expected_seconds <= 600.0
+
+
+def test_a_slower_cpu_gets_proportionally_fewer_steps() -> None:
+    fast = plan_budget(900.0, _throughput(1200.0), 50_000, 5_000, 2000)
+    slow = plan_budget(900.0, _throughput(300.0), 50_000, 5_000, 2000)
+    assert slow.steps < fast.steps
+    assert slow.steps / fast.steps == pytest.approx(0.25, rel=0.1)
+
+
+def test_budget_too_small_still_trains_one_step_and_bad_budget_is_an_error() -> None:
+    assert plan_budget(1.0, _throughput(10.0), 50_000, 5_000, 2000).steps == 1
+    with pytest.raises(ValueError, match="time budget"):
+        plan_budget(0.0, _throughput(1000.0), 50_000, 5_000, 2000)
+
+
+def test_budgeted_config_sets_the_schedule_horizon() -> None:
+    plan = plan_budget(600.0, _throughput(1000.0), 50_000, 5_000, 2000)
+    config = budgeted(recipe_config("fast"), plan)
+    assert config.max_steps == plan.steps and config.epochs == plan.epochs
+    assert total_steps(config, plan.steps_per_epoch) == plan.steps
+
+
+def test_tiny_budget_is_met_within_ten_percent(caplog: pytest.LogCaptureFixture) -> None:
+    split = make_split(600, 100, 20)  # short epochs: training re-sizes itself several times
+    x, y = split.arrays("train")
+    xv, yv = split.arrays("validation")
+    config = recipe_config("fast", **{**TINY, "threads": 1})  # one thread: least hurt by busy neighbours
+    budget = 30.0
+    start = time.perf_counter()
+    probe = measure_throughput(config, x, y, xv, split.mean, split.std, LOG)
+    assert probe.train_images_per_second > 0 and probe.eval_images_per_second > 0
+    assert probe.precision == "fp32" and probe.cpu_model
+    plan = plan_budget(budget, probe, len(x), len(xv), config.batch_size)
+    assert plan.steps >= 5  # enough work that the check means something
+    with caplog.at_level(logging.INFO, logger="test"):
+        result = train(
+            *(x, y, xv, yv, split.mean, split.std, budgeted(config, plan), LOG),
+            progress_every=1.0,
+            time_budget_s=budget - (time.perf_counter() - start),
+            eval_seconds_hint=len(xv) / probe.eval_images_per_second,
+        )
+    elapsed = time.perf_counter() - start
+    assert result.steps >= 5 and len(result.history) == -(-result.steps // plan.steps_per_epoch)
+    assert abs(elapsed - budget) <= 0.1 * budget, (elapsed, plan)
+    progress = [r.getMessage() for r in caplog.records if "run ETA" in r.getMessage()]
+    assert len(progress) >= 5, progress  # one a second, as asked (the asset logs one every 20 s)
+    assert all("img/s" in line and "epoch ETA" in line for line in progress)

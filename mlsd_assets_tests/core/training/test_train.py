@@ -1,0 +1,98 @@
+"""Training on tiny synthetic data: learns in seconds, resumes at the right epoch, rejects bad config."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from mlsd_assets.core.training.train import TrainConfig, default_config, evaluate, read_checkpoint, recipe_config, train
+from mlsd_assets_tests.synthetic import make_split
+from mlsd_assets_tests.training.tiny import TINY
+
+LOG = logging.getLogger("test")
+
+
+@pytest.fixture(scope="module")
+def split():  # type: ignore[no-untyped-def]
+    return make_split(400, 100, 20)
+
+
+def _train(split, config: TrainConfig, **kwargs):  # type: ignore[no-untyped-def]
+    x, y = split.arrays("train")
+    xv, yv = split.arrays("validation")
+    return train(x, y, xv, yv, split.mean, split.std, config, LOG, **kwargs)
+
+
+@pytest.mark.parametrize("recipe", ["fast", "sgd"])
+def test_one_epoch_learns(split, recipe: str) -> None:  # type: ignore[no-untyped-def]
+    config = recipe_config(recipe, **{**TINY, "epochs": 1})
+    x, y = split.arrays("train")
+    untrained = _train(split, recipe_config("sgd", **{**TINY, "epochs": 1, "lr": 1e-9}))
+    result = _train(split, config)
+    before = evaluate(untrained.model, x, y)
+    after = evaluate(result.model, x, y)
+    assert after["loss"] < before["loss"] - 0.05
+    assert after["accuracy"] > 0.4
+    assert result.validation["accuracy"] > 0.3  # chance is 0.1
+    assert [h.epoch for h in result.history] == [1]
+    assert result.history[0].images_per_second > 0 and result.history[0].eta_seconds == 0
+
+
+@pytest.mark.parametrize("recipe", ["fast", "sgd"])
+def test_interrupted_run_resumes_at_next_epoch_with_same_result(split, tmp_path: Path, recipe: str) -> None:  # type: ignore[no-untyped-def]
+    config = recipe_config(recipe, **TINY)
+
+    def stop_after_first(stats) -> None:  # type: ignore[no-untyped-def]
+        if stats.epoch == 1:
+            raise KeyboardInterrupt("simulated crash after epoch 1")
+
+    with pytest.raises(KeyboardInterrupt):
+        _train(
+            split,
+            config,
+            checkpoint_dir=tmp_path / "ckpt",
+            on_epoch=stop_after_first,
+            checkpoint_extra={"mlflow_run_id": "abc"},
+        )
+    saved = read_checkpoint(tmp_path / "ckpt")
+    assert saved is not None and saved["epoch"] == 1 and saved["extra"] == {"mlflow_run_id": "abc"}
+
+    seen: list[int] = []
+    resumed = _train(split, config, checkpoint_dir=tmp_path / "ckpt", on_epoch=lambda s: seen.append(s.epoch))
+    assert resumed.resumed_from_epoch == 1
+    assert seen == [2]
+    assert [h.epoch for h in resumed.history] == [1, 2]
+    assert resumed.extra == {"mlflow_run_id": "abc"}
+
+    straight = _train(split, config)
+    for key, value in straight.model.state_dict().items():
+        assert torch.allclose(value.float(), resumed.model.state_dict()[key].float(), atol=1e-5), key
+
+
+def test_checkpoint_of_another_config_is_not_resumed(split, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _train(split, default_config("airbench", **{**TINY, "epochs": 1}), checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="different config"):
+        _train(split, default_config("airbench", **{**TINY, "epochs": 1, "seed": 7}), checkpoint_dir=tmp_path)
+
+
+def test_vgg11_parity_recipe_defaults() -> None:
+    config = default_config("vgg11")
+    assert (config.optimizer, config.lr, config.batch_size, config.epochs) == ("adam", 1e-3, 32, 1)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"optimizer": "rmsprop"}, "optimizer: 'rmsprop'"),
+        ({"precision": "fp8"}, "precision: 'fp8'"),
+        ({"epochs": 0}, "epochs: must be >= 1"),
+        ({"lr": -1.0}, "lr: must be > 0"),
+        ({"widths": (8, 16)}, "widths: expected three"),
+    ],
+)
+def test_bad_config_is_a_clear_error(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        default_config("airbench", **overrides)
