@@ -8,7 +8,6 @@ from mlsd_assets.automation.schedules import build_training_schedule
 from mlsd_assets.automation.sensors import build_sensors
 from mlsd_assets.data import assets as data_assets
 from mlsd_assets.data import checks as data_checks
-from mlsd_assets.data import drift as data_drift
 from mlsd_assets.data.resources import Cifar10Source
 from mlsd_assets.evaluation import assets as evaluation_assets
 from mlsd_assets.evaluation import checks as evaluation_checks
@@ -24,7 +23,7 @@ from mlsd_assets.training.resources import MLflowTracking
 
 settings = load_settings()
 _asset_modules = [data_assets, training_assets, serving_assets, evaluation_assets]
-_check_modules = [data_checks, data_drift, training_checks, serving_checks, evaluation_checks]
+_check_modules = [data_checks, training_checks, serving_checks, evaluation_checks]
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules(_asset_modules),

@@ -27,14 +27,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlsd_assets.core.data.sources import MAX_KEY_LENGTH
+from mlsd_assets.core.data.sources import MAX_KEY_LENGTH, TAR_SUFFIXES, read_drop
 from mlsd_assets.core.platform.atomic import atomic_path
 from mlsd_assets.core.platform.limits import shown
 
 READY_SUFFIX = ".ready"
 REASON_SUFFIX = ".reason.txt"
 INCOMING_SUFFIX = ".incoming"
-_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _MAX_QUARANTINE_NAME = 120  # longer names are shortened (+ a hash); the full name is in the reason file
 
@@ -67,7 +66,7 @@ class Verdict:
 
 def partition_key_for(name: str) -> str:
     """`new batch 7.tar.gz` -> `new_batch_7`: archive suffix dropped, characters keys must not have -> `_`."""
-    for suffix in _ARCHIVE_SUFFIXES:
+    for suffix in TAR_SUFFIXES:
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
             break
@@ -143,9 +142,8 @@ def vet(drop: Drop, timeout_s: float) -> Verdict:
 
 
 def _vet_here(path: Path, key: str) -> dict[str, object]:
-    """The child's side of `vet`: any exception is the drop's fault, reported with the file it names."""
-    from mlsd_assets.core.data.sources import read_drop
-
+    """The child's side of `vet`: the same reader as ingestion; any exception is the drop's fault, reported
+    with the file it names."""
     try:
         return {"images": len(read_drop(path, key))}
     except Exception as exc:  # noqa: BLE001 - every failure of a drop is a reason to quarantine it

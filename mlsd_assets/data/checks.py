@@ -1,12 +1,14 @@
-"""Asset checks on the cleaned split, each backed by a pandera schema; schema and leakage block downstream."""
+"""Asset checks: drift of each raw partition (warns), and the cleaned split's rules, each backed by a pandera
+schema; schema, leakage and near-duplicates block downstream."""
 
 import dagster as dg
 import pandas as pd
 import pandera.pandas as pa
 from pydantic import Field
 
-from mlsd_assets.core.data.batches import image_hashes, image_signatures, within
+from mlsd_assets.core.data.batches import RawBatch, image_hashes, image_signatures, within
 from mlsd_assets.core.data.cleaning import NEAR_DUPLICATE_DISTANCE
+from mlsd_assets.core.data.drift import CHANNELS, DriftLimits, Reference, batches_reference, compare, split_reference
 from mlsd_assets.core.data.schemas import (
     DROPPED_SCHEMA,
     HASH_MATCH_SCHEMA,
@@ -21,6 +23,8 @@ from mlsd_assets.core.data.schemas import (
 )
 from mlsd_assets.core.data.splits import Cifar10Split
 from mlsd_assets.data.assets import cifar10_split, table
+from mlsd_assets.data.partitions import OFFICIAL_TRAIN_BATCHES, raw_batches
+from mlsd_assets.io_manager import ArtifactIOManager
 
 MAX_FAILURE_ROWS = 20
 
@@ -159,4 +163,70 @@ def check_cifar10_split_min_counts(config: MinCountsConfig, cifar10_split: Cifar
         {"class_counts": (min_counts_schema(config.min_per_class), counts)},
         min_per_class=config.min_per_class,
         smallest=int(counts["count"].min()),
+    )
+
+
+class DriftConfig(dg.Config):
+    """Thresholds above which the drift check warns (run config of the check, e.g. per deployment)."""
+
+    max_label_tv: float = DriftLimits.max_label_tv
+    label_p_value: float = DriftLimits.label_p_value
+    max_mean_shift: float = DriftLimits.max_mean_shift
+    max_std_ratio: float = DriftLimits.max_std_ratio
+
+
+def _drift_reference(io_manager: ArtifactIOManager, partition: str) -> Reference | None:
+    """The current split's train rows; before any split, the other materialized official training batches."""
+    split_path = io_manager.path_for(dg.AssetKey("cifar10_split"), None, Cifar10Split.suffix)
+    if split_path.exists():
+        return split_reference(Cifar10Split.load(split_path), f"cifar10_split train rows ({split_path})")
+    paths = [
+        io_manager.path_for(dg.AssetKey("raw_cifar10"), key, RawBatch.suffix)
+        for key in OFFICIAL_TRAIN_BATCHES
+        if key != partition
+    ]
+    batches = [RawBatch.load(path) for path in paths if path.exists()]
+    return batches_reference(batches) if batches else None
+
+
+@dg.asset_check(
+    asset="raw_cifar10",
+    partitions_def=raw_batches,
+    blocking=False,
+    description="Warns when a raw partition's labels or per-channel pixel statistics leave the training's.",
+)
+def check_raw_cifar10_drift(
+    context: dg.AssetCheckExecutionContext,
+    config: DriftConfig,
+    raw_cifar10: RawBatch,
+    io_manager: dg.ResourceParam[ArtifactIOManager],
+) -> dg.AssetCheckResult:
+    partition = raw_cifar10.partition
+    ref = _drift_reference(io_manager, partition)
+    if ref is None:
+        return dg.AssetCheckResult(
+            passed=True,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=f"{partition}: no training data materialized yet to compare with",
+            metadata={"reference": "none"},
+        )
+    drift = compare(raw_cifar10.images, raw_cifar10.labels, ref)
+    reasons = drift.reasons(DriftLimits(**config.model_dump()))
+    metadata: dict[str, dg.RawMetadataValue] = {
+        "reference": ref.source,
+        "images": len(raw_cifar10),
+        "label_tv": round(drift.label_tv, 4),
+        "label_p_value": float(f"{drift.label_p_value:.4g}"),
+        "label_histogram": dg.MetadataValue.json(raw_cifar10.class_histogram()),
+    }
+    for i, name in enumerate(CHANNELS):
+        metadata[f"{name}_mean_shift"] = round(float(drift.mean_shift[i]), 4)
+        metadata[f"{name}_std_ratio"] = round(float(drift.std_ratio[i]), 4)
+    if reasons:
+        context.log.warning(f"raw_cifar10 {partition}: drift: {'; '.join(reasons)}")
+    return dg.AssetCheckResult(
+        passed=not reasons,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"{partition}: " + ("; ".join(reasons) if reasons else f"in line with {ref.source}"),
+        metadata=metadata,
     )

@@ -154,9 +154,9 @@ class RawBatch:
                 f"{where}: {len(self.images)} images but labels {self.labels.shape}, hashes {self.hashes.shape}"
             )
         bad = np.flatnonzero((self.labels < 0) | (self.labels >= len(CIFAR10_CLASSES)))
-        if bad.size:
+        if bad.size:  # the one range check: every reader's labels arrive here
             raise InvalidBatchError(
-                f"{where}: label out of range 0..9 at index {int(bad[0])} (value {int(self.labels[bad[0]])})"
+                f"{where}: field 'labels' out of range 0..9 at index {int(bad[0])} (value {int(self.labels[bad[0]])})"
             )
         if self.signatures is None:
             object.__setattr__(self, "signatures", image_signatures(self.images))
@@ -165,6 +165,13 @@ class RawBatch:
                 f"{where}: signatures must be uint64 of shape ({len(self.images)}, 2), "
                 f"got {self.signatures.dtype} {self.signatures.shape}"
             )
+
+    @classmethod
+    def of(
+        cls, partition: str, images: np.ndarray, labels: np.ndarray, source: str, source_files: dict[str, str]
+    ) -> RawBatch:
+        """A batch of freshly read arrays: content hashes and signatures are computed here, then validated."""
+        return cls(partition, images, labels, image_hashes(images), source, source_files)
 
     def __len__(self) -> int:
         return len(self.images)

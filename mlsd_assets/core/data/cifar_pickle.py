@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from mlsd_assets.core.data.batches import CIFAR10_CLASSES, InvalidBatchError
+from mlsd_assets.core.data.batches import InvalidBatchError
 from mlsd_assets.core.platform.limits import MAX_PICKLE_BYTES
 
 # md5 of each file of the official cifar-10-batches-py (the same values torchvision's CIFAR10 checks).
@@ -44,7 +44,7 @@ class _BatchUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _unpickle(payload: bytes, where: str) -> dict[str, Any]:
+def _unpickle(payload: bytes | memoryview, where: str) -> dict[str, Any]:
     if len(payload) > MAX_PICKLE_BYTES:
         raise InvalidBatchError(f"{where}: {len(payload)} bytes, more than the {MAX_PICKLE_BYTES} a batch may have")
     try:
@@ -58,7 +58,7 @@ def _unpickle(payload: bytes, where: str) -> dict[str, Any]:
     return {k.decode() if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
 
 
-def parse_pickle_batch(payload: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
+def parse_pickle_batch(payload: bytes | memoryview, where: str) -> tuple[np.ndarray, np.ndarray]:
     """uint8 NHWC images and int64 labels from the bytes of one batch file; `where` names it in errors."""
     obj = _unpickle(payload, where)
     missing = [k for k in ("data", "labels") if k not in obj]
@@ -79,27 +79,27 @@ def parse_pickle_batch(payload: bytes, where: str) -> tuple[np.ndarray, np.ndarr
 
 
 def _labels(raw: object, count: int, where: str) -> np.ndarray:
-    """int64 labels in 0..9, checked element by element first: numpy would walk nested or shared lists
-    (a 46 KB pickle can make it burn minutes and all memory) and overflow on huge integers."""
-    classes = len(CIFAR10_CLASSES)
+    """int64 labels, every element checked to be an integer first: numpy would walk nested or shared lists
+    (a 46 KB pickle can make it burn minutes and all memory). Their range 0..9 is RawBatch's to check."""
     if isinstance(raw, np.ndarray):
         if raw.ndim != 1 or raw.dtype.kind not in "iu":
             raise InvalidBatchError(
                 f"{where}: field 'labels' must be a 1-D integer array, got {raw.dtype} of shape {raw.shape}"
             )
-        values: list[Any] | np.ndarray = raw
     elif isinstance(raw, (list, tuple)):
-        values = raw
+        for i, value in enumerate(raw):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise InvalidBatchError(
+                    f"{where}: field 'labels' is not a list of integers: index {i} is a {type(value).__name__}"
+                )
     else:
         raise InvalidBatchError(f"{where}: field 'labels' must be a list of integers, got {type(raw).__name__}")
-    if len(values) != count:
-        raise InvalidBatchError(f"{where}: field 'labels' has shape ({len(values)},), expected ({count},)")
-    for i, value in enumerate(values):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise InvalidBatchError(
-                f"{where}: field 'labels' is not a list of integers: index {i} is a {type(value).__name__}"
-            )
-        if not 0 <= value < classes:
-            shown = value if -(2**63) <= value < 2**63 else f"an integer of {int(value).bit_length()} bits"
-            raise InvalidBatchError(f"{where}: field 'labels' out of range 0..9 at index {i} (value {shown})")
-    return np.asarray(values, dtype=np.int64)
+    if len(raw) != count:
+        raise InvalidBatchError(f"{where}: field 'labels' has shape ({len(raw)},), expected ({count},)")
+    try:
+        return np.asarray(raw, dtype=np.int64)
+    except OverflowError:
+        i, value = next((i, int(v)) for i, v in enumerate(raw) if not -(2**63) <= v < 2**63)
+        raise InvalidBatchError(
+            f"{where}: field 'labels' at index {i} is an integer of {value.bit_length()} bits, not a class id"
+        ) from None

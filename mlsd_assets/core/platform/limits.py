@@ -8,8 +8,10 @@ in chunks up to a bound. Errors are `InvalidBatchError`s that name the file and 
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
+import tarfile
 import zlib
 from pathlib import Path
 
@@ -68,17 +70,21 @@ def read_regular(path: Path, max_bytes: int) -> bytes:
     return data
 
 
-def read_maybe_gzip(path: Path, max_bytes: int) -> bytearray:
-    """A file's bytes, gunzipped when gzip, in chunks: neither side may exceed `max_bytes` (bombs stop early)."""
+def read_maybe_gzip(path: Path, max_bytes: int) -> bytes:
+    """A file's bytes, gunzipped when gzip, in chunks: neither side may exceed `max_bytes` (bombs stop early).
+
+    zlib checks each gzip member's CRC and length, so a truncated or corrupted stream is an error, never a
+    shorter archive.
+    """
     data = read_regular(path, max_bytes)
     if data[:2] != b"\x1f\x8b":
-        return bytearray(data)
+        return data
     name = shown(path)
     declared = int.from_bytes(data[-4:], "little") if len(data) >= 18 else 0  # gzip trailer: size mod 2**32
     if declared > max_bytes:
         raise InvalidBatchError(
-            f"{name}: its gzip trailer declares {declared} bytes inflated, more than the {max_bytes} allowed "
-            "(a gzip bomb, or a truncated file); refused"
+            f"{name}: corrupt or truncated archive, or a gzip bomb: its gzip trailer declares {declared} bytes "
+            f"inflated, more than the {max_bytes} allowed; refused"
         )
     chunks: list[bytes] = []
     total = 0
@@ -99,12 +105,53 @@ def read_maybe_gzip(path: Path, max_bytes: int) -> bytearray:
             rest = memoryview(inflater.unused_data)
     except zlib.error as exc:
         raise InvalidBatchError(f"{name}: corrupt or truncated archive (zlib.error: {exc})") from exc
-    out = bytearray(total)
-    at = 0
-    for piece in chunks:
-        out[at : at + len(piece)] = piece
-        at += len(piece)
-    return out
+    return b"".join(chunks)
+
+
+def read_tar(path: Path, max_member_bytes: int) -> dict[str, memoryview]:
+    """Every regular file of a (gzipped) tarball by its cleaned name, read with `tarfile` in one pass.
+
+    The archive and its inflated stream are bounded by MAX_ARCHIVE_BYTES (`read_maybe_gzip`); tarfile then
+    walks the inflated bytes in memory and members are views into them, not copies. Each member's type
+    (files and folders only), name (no absolute or `..` names), declared size and the member count are
+    checked before its bytes are taken.
+    """
+    raw = read_maybe_gzip(path, MAX_ARCHIVE_BYTES)
+    view = memoryview(raw)
+    name = shown(path)
+    files: dict[str, memoryview] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:  # BytesIO shares `raw`: no copy
+            for count, member in enumerate(tar, start=1):
+                if count > MAX_ARCHIVE_MEMBERS:
+                    raise InvalidBatchError(f"{name}: more than {MAX_ARCHIVE_MEMBERS} members; refused")
+                if member.isdir():
+                    continue
+                if not member.isfile():
+                    raise InvalidBatchError(f"{name}: member {member.name!r} is not a regular file or folder")
+                if member.size > max_member_bytes:
+                    raise InvalidBatchError(
+                        f"{name}: member {member.name!r} declares {member.size} bytes, more than the "
+                        f"{max_member_bytes} bytes a member may have"
+                    )
+                data = view[member.offset_data : member.offset_data + member.size]
+                if len(data) != member.size:
+                    raise InvalidBatchError(f"{name}: member {member.name!r} is truncated")
+                files[_member_name(member.name, name)] = data
+    except (tarfile.TarError, EOFError) as exc:
+        raise InvalidBatchError(f"{name}: corrupt or truncated archive ({type(exc).__name__}: {exc})") from exc
+    if not files:
+        raise InvalidBatchError(f"{name}: archive holds no files (empty batch)")
+    return files
+
+
+def _member_name(member: str, archive: str) -> str:
+    """`./a//b` -> `a/b`; absolute, `..` or non-UTF-8 names are refused (outside the archive, or unprintable)."""
+    parts = [p for p in member.split("/") if p not in ("", ".")]
+    if member.startswith("/") or ".." in parts:
+        raise InvalidBatchError(f"{archive}: member {member!r} points outside the archive")
+    check_utf8_name(member, f"{archive}: member {shown(member)!r}")
+    return "/".join(parts)
 
 
 def regular_files(root: Path, max_files: int = MAX_FOLDER_FILES) -> list[str]:

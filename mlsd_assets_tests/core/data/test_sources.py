@@ -82,7 +82,7 @@ def test_image_folder_tarball_is_decoded_once_into_a_cache(tmp_path: Path, monke
     def fail(*_: object) -> None:
         raise AssertionError("the cache should have been reused")
 
-    monkeypatch.setattr("mlsd_assets.core.data.sources._unpack_tree_tar", fail)
+    monkeypatch.setattr("mlsd_assets.core.data.sources._unpack_image_tree_tar", fail)
     again = read_official_batch(str(archive), "test_batch", tmp_path / "dl", LOG)
     assert (again.images == first.images).all() and len(first) == 10
     assert sum(len(read_official_batch(str(archive), b, tmp_path / "dl", LOG)) for b in OFFICIAL_TRAIN_BATCHES) == 50
@@ -139,8 +139,8 @@ def test_checksums_match_torchvision() -> None:
     assert {n: m for n, m in CIFAR10.train_list + CIFAR10.test_list} == {n: OFFICIAL_MD5[n] for n in OFFICIAL_BATCHES}
 
 
-def test_tarballs_with_long_names_or_dot_prefix_read_through_tarfile(tmp_path: Path) -> None:
-    """Archives outside the plain-ustar fast path (pax long names, `tar -C dir .` prefixes) read the same."""
+def test_tarballs_with_long_names_or_dot_prefix_read_the_same(tmp_path: Path) -> None:
+    """pax long names and `tar -C dir .` prefixes (`./cat/x.png`) name the same files as plain ustar."""
     import tarfile
 
     images, labels = make_images(12, seed=8)

@@ -9,7 +9,7 @@ from mlsd_assets.core.data.batches import OFFICIAL_BATCHES, OFFICIAL_TRAIN_BATCH
 from mlsd_assets.core.data.cleaning import build_split
 from mlsd_assets.core.data.sources import read_official_batch
 
-REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "cifar10-jpeg.tar.gz"
+REAL = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
 @pytest.mark.slow

@@ -71,7 +71,6 @@ def test_sixteen_bit_grey_png_keeps_its_value(tmp_path: Path) -> None:
 
 def test_gzip_bomb_stops_at_the_byte_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(limits, "MAX_ARCHIVE_BYTES", 64 * limits.MIB)
-    monkeypatch.setattr("mlsd_assets.core.data.image_folder.MAX_ARCHIVE_BYTES", 64 * limits.MIB)
     bomb = hf.gzip_bomb(tmp_path / "bomb.tar.gz", 256 * limits.MIB)
     _refused(bomb, "bomb.tar.gz", "trailer declares")  # the gzip trailer states the inflated size
     liar = tmp_path / "liar.tar.gz"
@@ -92,7 +91,7 @@ def test_tar_member_size_is_checked_before_reading(tmp_path: Path) -> None:
 
 def test_huge_label_names_the_file(tmp_path: Path) -> None:
     path = hf.pickle_drop(tmp_path / "big_label", labels=[2**70] * 10)
-    _refused(path, "big_label", "out of range", "index 0", "71 bits")
+    _refused(path, "big_label", "index 0", "71 bits")
 
 
 def test_shared_nested_labels_are_refused_cheaply(tmp_path: Path) -> None:
