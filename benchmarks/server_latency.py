@@ -31,7 +31,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mlsd_assets.core.data.image_folder import read_tar_files  # noqa: E402
+from mlsd_assets.core.platform.limits import MAX_IMAGE_FILE_BYTES, read_tar  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 log = logging.getLogger("server_latency")
@@ -55,7 +55,7 @@ def test_images(path: Path, count: int) -> np.ndarray:
 
     if not path.exists():
         sys.exit(f"real CIFAR-10 images not found at {path} (pass --data PATH to cifar10-jpeg.tar.gz)")
-    files = read_tar_files(path)
+    files = read_tar(path, MAX_IMAGE_FILE_BYTES)
     names = sorted(n for n in files if "/test/" in f"/{n}" and n.endswith(".jpg"))[:count]
     return np.stack([np.asarray(Image.open(io.BytesIO(files[n])).convert("RGB")) for n in names])
 
