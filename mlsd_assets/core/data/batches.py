@@ -26,7 +26,7 @@ class InvalidBatchError(ValueError):
 
 def image_hashes(images: np.ndarray) -> np.ndarray:
     """Content hash per image (blake2b-128 of its raw bytes): identity for dedup and leakage checks."""
-    flat = np.ascontiguousarray(images).reshape(len(images), -1)
+    flat = np.ascontiguousarray(images).reshape(len(images), -1) if len(images) else ()
     return np.array([hashlib.blake2b(row, digest_size=16).hexdigest() for row in flat], dtype="U32")
 
 
@@ -147,7 +147,7 @@ class RawBatch:
             raise InvalidBatchError(
                 f"{where}: images must be uint8 of shape (N, 32, 32, 3), got {self.images.dtype} {self.images.shape}"
             )
-        if len(self.images) == 0:
+        if len(self.images) == 0:  # the one emptiness check: a folder, tarball or pickle with no images
             raise InvalidBatchError(f"{where}: batch is empty")
         if self.labels.shape != (len(self.images),) or self.hashes.shape != (len(self.images),):
             raise InvalidBatchError(

@@ -71,8 +71,6 @@ def parse_pickle_batch(payload: bytes | memoryview, where: str) -> tuple[np.ndar
         raise InvalidBatchError(f"{where}: field 'data' has dtype {data.dtype}, expected uint8")
     if data.ndim != 2 or data.shape[1] != ROW_BYTES:
         raise InvalidBatchError(f"{where}: field 'data' has shape {data.shape}, expected (N, {ROW_BYTES})")
-    if len(data) == 0:
-        raise InvalidBatchError(f"{where}: batch is empty (0 images)")
     labels = _labels(obj["labels"], len(data), where)
     images = np.ascontiguousarray(data.reshape(len(data), 3, 32, 32).transpose(0, 2, 3, 1))
     return images, labels

@@ -54,8 +54,6 @@ def classify(names: Sequence[str], where: str, prefix: str = "") -> list[Entry]:
         if not file.lower().endswith(IMAGE_SUFFIXES):
             raise InvalidBatchError(f"{where}/{name}: not an image file (expected {', '.join(IMAGE_SUFFIXES)})")
         entries.append((name, _LABELS[folder]))
-    if not entries:
-        raise InvalidBatchError(f"{where}: no images found (empty batch)")
     return sorted(entries)
 
 

@@ -140,8 +140,6 @@ def read_tar(path: Path, max_member_bytes: int) -> dict[str, memoryview]:
                 files[_member_name(member.name, name)] = data
     except (tarfile.TarError, EOFError) as exc:
         raise InvalidBatchError(f"{name}: corrupt or truncated archive ({type(exc).__name__}: {exc})") from exc
-    if not files:
-        raise InvalidBatchError(f"{name}: archive holds no files (empty batch)")
     return files
 
 

@@ -101,7 +101,7 @@ def test_label_out_of_range(tmp_path: Path) -> None:
 
 def test_empty_pickle_batch(tmp_path: Path) -> None:
     path = _pickle_drop(tmp_path, data=np.zeros((0, 3072), dtype=np.uint8), labels=[])
-    with pytest.raises(InvalidBatchError, match="drop_batch: batch is empty"):
+    with pytest.raises(InvalidBatchError, match=r"drop_batch.*: batch is empty"):
         read_drop(path, "drop_batch")
 
 
@@ -137,9 +137,9 @@ def test_undecodable_and_wrong_size_images(good_drop: Path) -> None:
 
 def test_empty_drop_folder_and_tarball(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InvalidBatchError, match="empty: no images found"):
+    with pytest.raises(InvalidBatchError, match=r"drop:.*empty\): batch is empty"):
         read_drop(tmp_path / "empty", "empty")
-    with pytest.raises(InvalidBatchError, match=r"empty\.tar\.gz: archive holds no files"):
+    with pytest.raises(InvalidBatchError, match=r"empty\.tar\.gz\): batch is empty"):
         read_drop(tar_gz(tmp_path / "empty", tmp_path / "empty.tar.gz"), "empty")
 
 
