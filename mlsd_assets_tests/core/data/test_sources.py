@@ -12,6 +12,8 @@ from mlsd_assets.core.data.batches import OFFICIAL_BATCHES, OFFICIAL_TRAIN_BATCH
 from mlsd_assets.core.data.sources import (
     CIFAR10_ARCHIVE,
     find_drop,
+    locate_drop,
+    locate_official,
     read_drop,
     read_official_batch,
 )
@@ -151,3 +153,42 @@ def test_tarballs_with_long_names_or_dot_prefix_read_the_same(tmp_path: Path) ->
             tar.add(f, arcname=f"./{f.parent.name}/{'x' * 120}{f.name}")
     batch = read_drop(long_tar, "long")
     assert sorted(batch.hashes) == sorted(image_hashes(images))
+
+
+def test_each_location_resolves_to_one_kind(tmp_path: Path) -> None:
+    """The dispatcher decides once, from the location; the kind names the reader."""
+    images, labels = make_images(10, seed=9)
+    pickles = write_cifar_python_dir(tmp_path / "official", per_batch=5)
+    tree = write_image_folder_tree(tmp_path / "tree", n_train=20, n_test=10)
+    dl = tmp_path / "dl"
+    official = {
+        str(pickles): "pickle-dir",
+        str(pickles.parent): "pickle-dir",
+        str(tar_gz(pickles, tmp_path / "cifar-10-python.tar.gz")): "pickle-tar",
+        str(tree): "image-tree",
+        str(tar_gz(tree, tmp_path / "tree.tar.gz")): "image-tree-tar",
+    }
+    assert {loc: locate_official(loc, dl, LOG).kind for loc in official} == official
+    drops = {
+        write_pickle_batch(tmp_path / "d" / "pickle", images, labels, "x"): "pickle-file",
+        write_image_folder(tmp_path / "d" / "folder", images, labels): "image-folder",
+        tar_gz(tmp_path / "d" / "folder", tmp_path / "d" / "folder.tar.gz"): "image-folder-tar",
+    }
+    assert {path: locate_drop(path).kind for path in drops} == drops
+    assert not dl.exists(), "locating reads nothing into the downloads folder"
+
+
+def test_one_wrapper_folder_is_accepted_in_folders_and_tarballs(tmp_path: Path) -> None:
+    """`tar czf x.tar.gz folder/` wraps the layout in one folder: the same images, whether packed or not."""
+    images, labels = make_images(20, seed=10)
+    folder = write_image_folder(tmp_path / "drop" / "wrapper", images, labels)
+    packed = tar_gz(folder, tmp_path / "packed.tar.gz")
+    for path in (tmp_path / "drop", packed):
+        batch = read_drop(path, "drop")
+        assert dict(zip(batch.hashes, batch.labels.tolist(), strict=True)) == dict(
+            zip(image_hashes(images), labels.tolist(), strict=True)
+        )
+    tree = write_image_folder_tree(tmp_path / "outer" / "tree", n_train=20, n_test=10)
+    wrapped = read_official_batch(str(tree.parent), "test_batch", tmp_path / "dl", LOG)
+    plain = read_official_batch(str(tree), "test_batch", tmp_path / "dl", LOG)
+    assert (wrapped.images == plain.images).all() and (wrapped.labels == plain.labels).all()

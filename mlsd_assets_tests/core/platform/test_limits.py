@@ -2,6 +2,7 @@
 
 import os
 import signal
+import tarfile
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,6 +88,28 @@ def test_gzip_bomb_stops_at_the_byte_bound(tmp_path: Path, monkeypatch: pytest.M
 def test_tar_member_size_is_checked_before_reading(tmp_path: Path) -> None:
     archive = hf.tar_declaring(tmp_path / "liar.tar", "cat/x.png", 3 << 30)
     _refused(archive, "liar.tar", "cat/x.png", "declares")
+
+
+def test_read_tar_takes_files_as_views_and_refuses_what_is_not_one(tmp_path: Path) -> None:
+    png = hf.png_bytes()
+    archive = hf.tar_gz_of(tmp_path / "ok.tar.gz", {"./cat//0.png": png, "dog/1.png": png})
+    files = limits.read_tar(archive, limits.MAX_IMAGE_FILE_BYTES)
+    assert sorted(files) == ["cat/0.png", "dog/1.png"] and bytes(files["cat/0.png"]) == png
+    assert isinstance(files["dog/1.png"], memoryview)
+    for name in ("../cat/x.png", "/cat/x.png"):
+        bad = hf.tar_gz_of(tmp_path / "bad.tar.gz", {name: png})
+        with pytest.raises(InvalidBatchError, match="bad.tar.gz: member .* points outside the archive"):
+            limits.read_tar(bad, limits.MAX_IMAGE_FILE_BYTES)
+    with tarfile.open(tmp_path / "link.tar", "w") as tar:
+        link = tarfile.TarInfo("cat/l.png")
+        link.type, link.linkname = tarfile.SYMTYPE, "/dev/zero"
+        tar.addfile(link)
+    with pytest.raises(InvalidBatchError, match="link.tar: member 'cat/l.png' is not a regular file or folder"):
+        limits.read_tar(tmp_path / "link.tar", limits.MAX_IMAGE_FILE_BYTES)
+    with pytest.raises(
+        InvalidBatchError, match=r"ok\.tar\.gz: member '\./cat//0\.png' declares \d+ bytes, more than the 10 bytes"
+    ):
+        limits.read_tar(archive, 10)
 
 
 def test_huge_label_names_the_file(tmp_path: Path) -> None:
