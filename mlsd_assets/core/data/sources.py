@@ -45,6 +45,7 @@ from mlsd_assets.core.platform.limits import (
     open_regular,
     read_regular,
     read_tar,
+    read_tar_member,
     regular_files,
     shown,
 )
@@ -168,11 +169,8 @@ def _read_pickle_file(source: Source, partition: str, log: logging.Logger) -> Ra
 
 
 def _read_pickle_tar(source: Source, partition: str, log: logging.Logger) -> RawBatch:
-    files = read_tar(source.path, MAX_PICKLE_BYTES)
-    member = next((name for name in files if PurePath(name).name == partition), None)
-    if member is None:
-        raise InvalidBatchError(f"{shown(source.path)}: archive has no member named {partition!r}")
-    return _pickle_batch(files[member], f"{shown(source.path)}:{member}", partition, source.label, log)
+    member, payload = read_tar_member(source.path, partition, MAX_PICKLE_BYTES)
+    return _pickle_batch(payload, f"{shown(source.path)}:{member}", partition, source.label, log)
 
 
 def _read_image_tree(source: Source, partition: str, log: logging.Logger) -> RawBatch:

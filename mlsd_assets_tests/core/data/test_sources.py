@@ -192,3 +192,14 @@ def test_one_wrapper_folder_is_accepted_in_folders_and_tarballs(tmp_path: Path) 
     wrapped = read_official_batch(str(tree.parent), "test_batch", tmp_path / "dl", LOG)
     plain = read_official_batch(str(tree), "test_batch", tmp_path / "dl", LOG)
     assert (wrapped.images == plain.images).all() and (wrapped.labels == plain.labels).all()
+
+
+def test_official_tarball_is_streamed_member_by_member(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pickle archive is not held whole: its inflated size is not bounded by MAX_ARCHIVE_BYTES (a re-encoded
+    copy of the official one inflates to 300 MB), each member is, by MAX_PICKLE_BYTES."""
+    archive = write_cifar_python_tarball(tmp_path / "src", per_batch=20)
+    monkeypatch.setattr("mlsd_assets.core.platform.limits.MAX_ARCHIVE_BYTES", 4096)
+    assert len(read_official_batch(str(archive), "test_batch", tmp_path / "dl", LOG)) == 20
+    monkeypatch.setattr("mlsd_assets.core.data.sources.MAX_PICKLE_BYTES", 4096)
+    with pytest.raises(InvalidBatchError, match=r"cifar-10-python\.tar\.gz: member .*data_batch_1' declares"):
+        read_official_batch(str(archive), "test_batch", tmp_path / "dl", LOG)
