@@ -20,9 +20,11 @@ from mlsd_assets.settings import load_settings
 from mlsd_assets.training import assets as training_assets
 from mlsd_assets.training import checks as training_checks
 from mlsd_assets.training.resources import MLflowTracking
+from mlsd_assets.tuning import assets as tuning_assets
+from mlsd_assets.tuning.resources import tuning_storage
 
 settings = load_settings()
-_asset_modules = [data_assets, training_assets, serving_assets, evaluation_assets]
+_asset_modules = [data_assets, training_assets, serving_assets, evaluation_assets, tuning_assets]
 _check_modules = [data_checks, training_checks, serving_checks, evaluation_checks]
 
 defs = dg.Definitions(
@@ -40,5 +42,6 @@ defs = dg.Definitions(
         "alerts": alert_webhook(settings),
         "cifar10_source": Cifar10Source(location=settings.cifar10_source),
         "docker": docker_engine(settings),
+        "tuning_storage": tuning_storage(settings),
     },
 )

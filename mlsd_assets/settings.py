@@ -10,6 +10,7 @@ from pathlib import Path
 ALERT_WEBHOOK_ENV = "MLSD_ALERT_WEBHOOK_URL"
 REGISTRY_USERNAME_ENV = "MLSD_REGISTRY_USERNAME"
 REGISTRY_PASSWORD_ENV = "MLSD_REGISTRY_PASSWORD"
+TUNING_STORAGE_ENV = "MLSD_TUNING_STORAGE_URL"  # Optuna RDB URL, e.g. postgresql+psycopg://user:pw@host/db
 
 
 def _path(var: str, default: Path) -> Path:
@@ -38,6 +39,8 @@ class Settings:
     # serving (mlsd_assets/serving): where server images are pushed, whether registry credentials are set
     image_registry: str = ""
     registry_credentials_configured: bool = False
+    # tuning (mlsd_assets/tuning): whether studies go to an RDB URL (else SQLite under data_dir/tuning)
+    tuning_storage_configured: bool = False
 
     @property
     def artifacts_dir(self) -> Path:
@@ -68,4 +71,5 @@ def load_settings() -> Settings:
         alert_webhook_configured=bool(os.environ.get(ALERT_WEBHOOK_ENV, "").strip()),
         image_registry=os.environ.get("MLSD_IMAGE_REGISTRY", "").strip(),
         registry_credentials_configured=bool(os.environ.get(REGISTRY_USERNAME_ENV, "").strip()),
+        tuning_storage_configured=bool(os.environ.get(TUNING_STORAGE_ENV, "").strip()),
     )

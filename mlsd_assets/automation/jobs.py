@@ -13,6 +13,7 @@ from mlsd_assets.evaluation.assets import champion_rollback
 RAW_ASSET = dg.AssetKey("raw_cifar10")
 SPLIT_ASSET = dg.AssetKey("cifar10_split")
 MODEL_ASSET = dg.AssetKey("cifar10_model")
+TUNING_ASSET = dg.AssetKey("cifar10_tuning")
 
 # dagster.yaml (concurrency.runs.tag_concurrency_limits): one training run at a time, whoever starts it.
 CONCURRENCY_TAG = "mlsd/concurrency"
@@ -36,10 +37,20 @@ split_job = dg.define_asset_job(
 
 training_job = dg.define_asset_job(
     "training_job",
-    selection=dg.AssetSelection.assets(SPLIT_ASSET).downstream(include_self=False),
+    # tuning is on demand (tuning_job), never part of a training run
+    selection=dg.AssetSelection.assets(SPLIT_ASSET).downstream(include_self=False)
+    - dg.AssetSelection.assets(TUNING_ASSET),
     description="Train, export, build the server image, evaluate it beside the champion and decide promotion "
     "(a promoted image is pushed).",
     tags=TRAINING_TAGS,
+)
+
+tuning_job = dg.define_asset_job(
+    "tuning_job",
+    selection=dg.AssetSelection.assets(TUNING_ASSET),
+    description="Tune the training recipe on the current split (an Optuna study, budgeted, pruned, resumable); "
+    "then train with it: training_job with ops.cifar10_model.config.use_tuned=true.",
+    tags=TRAINING_TAGS,  # one CPU-heavy run at a time, beside training
 )
 
 
@@ -52,4 +63,4 @@ def rollback_job() -> None:
     champion_rollback()
 
 
-JOBS = [ingestion_job, split_job, training_job, rollback_job]
+JOBS = [ingestion_job, split_job, training_job, tuning_job, rollback_job]

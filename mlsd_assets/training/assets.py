@@ -17,6 +17,7 @@ from mlsd_assets.resources import DataPaths
 from mlsd_assets.training import tracking
 from mlsd_assets.training.config import ModelConfig
 from mlsd_assets.training.resources import DAGSTER_RUN_TAG, MLflowTracking
+from mlsd_assets.tuning.assets import tuned_config
 
 if TYPE_CHECKING:
     from mlsd_assets.core.serving.graph import Choice
@@ -86,6 +87,9 @@ def cifar10_model(
     from mlsd_assets.core.training.train import read_checkpoint, train
 
     base_config, budget_s = config.train_config(), config.budget_seconds()
+    tuned: dict[str, str] = {}
+    if config.use_tuned:  # the last cifar10_tuning's best trial, read from the instance; none: fails here
+        base_config, tuned = tuned_config(context, base_config, cifar10_split.content_hash)
     x_train, y_train = cifar10_split.arrays("train")
     x_val, y_val = cifar10_split.arrays("validation")
     for name, labels in (("train", y_train), ("validation", y_val)):
@@ -103,6 +107,7 @@ def cifar10_model(
         "architecture": base_config.architecture,
         "dataset.content_hash": cifar10_split.content_hash,
         **overrides,
+        **tuned,
     }
     run_id = mlflow.start_run(f"{base_config.architecture}-{context.run.run_id[:8]}", tags, resume_run)
     if previous is not None:

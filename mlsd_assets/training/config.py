@@ -46,6 +46,11 @@ class ModelConfig(dg.Config):
     precision: str = Field(default="auto", description="auto | bf16 | fp32; auto = bf16 where the hardware has it")
     seed: int = 0
     threads: int = Field(default=0, description="torch CPU threads; 0 = all cores")
+    use_tuned: bool = Field(
+        default=False,
+        description="train with the best trial of the last cifar10_tuning: its values replace these for the"
+        " fields it searched (lr, muon_lr, label smoothing, weight decay, widths, batch size)",
+    )
 
     def budget_seconds(self) -> float | None:
         """The time budget in seconds, or None when `epochs` fixes the length (or no budget is set)."""
@@ -59,7 +64,7 @@ class ModelConfig(dg.Config):
         overrides: dict[str, Any] = {
             k: v
             for k, v in self.model_dump().items()
-            if v is not None and k not in ("architecture", "recipe", "time_budget_minutes")
+            if v is not None and k not in ("architecture", "recipe", "time_budget_minutes", "use_tuned")
         }
         if "widths" in overrides:
             overrides["widths"] = tuple(overrides["widths"])

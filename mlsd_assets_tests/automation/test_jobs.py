@@ -20,7 +20,8 @@ def test_job_selections() -> None:
     assert _assets("ingestion_job") == {"raw_cifar10"}
     assert _assets("split_job") == {"cifar10_split"}
     training = {"cifar10_model", "cifar10_onnx", "inference_server_image", "evaluation_report", "model_promotion"}
-    assert _assets("training_job") == training
+    assert _assets("training_job") == training  # tuning only on demand: tuning_job
+    assert _assets("tuning_job") == {"cifar10_tuning"}
     rollback = defs.resolve_job_def("rollback_job")
     assert [node.name for node in rollback.nodes] == ["champion_rollback"]
 

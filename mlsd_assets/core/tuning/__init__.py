@@ -1,0 +1,1 @@
+"""Hyperparameter tuning of the training recipe: an Optuna study over budgeted, pruned trials."""

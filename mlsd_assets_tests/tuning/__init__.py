@@ -1,0 +1,1 @@
+"""Tests of the tuning domain (cifar10_tuning, use_tuned)."""
