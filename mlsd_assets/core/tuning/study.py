@@ -296,7 +296,7 @@ class _Objective:
             config,
             self.logger,
             on_epoch=report,
-            progress_every=60.0,
+            progress_every=15.0,  # also how often the budget re-sizes the trial from its measured speed
             time_budget_s=budget_s - (time.monotonic() - started) if budget_s else None,
             eval_seconds_hint=eval_hint,
         )

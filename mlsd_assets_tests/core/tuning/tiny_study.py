@@ -52,6 +52,7 @@ def run(storage_url: str, study_settings: StudySettings, heartbeat_s: int = 1, g
     return run_study(study, data, SPACE, study_settings, logging.getLogger("tiny_study"))
 
 
-if __name__ == "__main__":  # python -m mlsd_assets_tests.core.tuning.tiny_study URL MAX_TRIALS
+if __name__ == "__main__":  # python -m mlsd_assets_tests.core.tuning.tiny_study URL MAX_TRIALS [EPOCHS]
     logging.basicConfig(level=logging.INFO)
-    run(sys.argv[1], settings(max_trials=int(sys.argv[2])))
+    epochs = int(sys.argv[3]) if len(sys.argv) > 3 else 2
+    run(sys.argv[1], settings(max_trials=int(sys.argv[2]), trial_epochs=epochs))
