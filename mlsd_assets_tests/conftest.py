@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from mlsd_assets_tests.deployment.browser import Browser, chromium_unavailable_reason
+from mlsd_assets_tests.services import dagster_webserver
 
 
 @pytest.fixture
@@ -17,3 +21,20 @@ def mlsd_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         monkeypatch.delenv(var, raising=False)
     (home / "dagster").mkdir(parents=True)
     return home
+
+
+@pytest.fixture
+def webserver(tmp_path: Path) -> Iterator[str]:
+    """`dagster-webserver` on the repo's workspace.yaml and dagster.yaml, DAGSTER_HOME at tmp_path/dagster-home."""
+    with dagster_webserver(tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Browser]:
+    """Headless system Chromium through Playwright; skips where Debian's chromium is not installed."""
+    reason = chromium_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with Browser(tmp_path / "chromium-profile") as opened:
+        yield opened

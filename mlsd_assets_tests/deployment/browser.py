@@ -1,132 +1,76 @@
-"""Headless Debian Chromium driven over the DevTools protocol: navigate, wait for text, take a screenshot."""
+"""Headless Debian Chromium driven by Playwright: the system binary (`executable_path`), no browser download."""
 
 from __future__ import annotations
 
-import base64
-import itertools
-import json
-import shutil
-import subprocess
 import time
-import urllib.request
-from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
-from websockets.sync.client import ClientConnection, connect
+from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from mlsd_assets.core.serving.runtime import stop_process
-
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--window-size=1600,1000",
-]
+CHROMIUM = Path("/usr/bin/chromium")
+COMMUNITY_DIALOG = "Join the Dagster community"
 
 
 def chromium_unavailable_reason() -> str | None:
-    if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
-        return "Debian chromium absent (apt-get install chromium)"
+    if not CHROMIUM.exists():
+        return f"Debian chromium absent at {CHROMIUM} (apt-get install chromium)"
     return None
 
 
 class Browser:
-    """One Chromium process with one page; closes with the context manager."""
+    """One Chromium with one 1600x1000 page (`page`, Playwright's); its profile lives in `profile_dir`."""
 
     def __init__(self, profile_dir: Path) -> None:
-        self._profile = profile_dir
-        self._ids = itertools.count(1)
-        binary = CHROMIUM if Path(CHROMIUM).exists() else str(shutil.which("chromium"))
-        self._process = subprocess.Popen(
-            [
-                binary,
-                *FLAGS,
-                f"--user-data-dir={profile_dir}",
-                "--remote-debugging-address=127.0.0.1",
-                "--remote-debugging-port=0",
-                "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self._stack = ExitStack()
+        self._playwright = sync_playwright().start()
         try:
-            self._ws: ClientConnection = self._stack.enter_context(
-                connect(self._page_socket(), max_size=64 * 2**20, open_timeout=30)
+            self._context = self._playwright.chromium.launch_persistent_context(
+                profile_dir,
+                executable_path=CHROMIUM,
+                args=["--disable-dev-shm-usage"],  # containers often give /dev/shm 64 MiB
+                viewport={"width": 1600, "height": 1000},
             )
         except BaseException:
-            self._process.kill()
-            self._process.wait()
+            self._playwright.stop()
             raise
-
-    def _page_socket(self) -> str:
-        port_file = self._profile / "DevToolsActivePort"
-        deadline = time.monotonic() + 60
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"chromium did not open its DevTools port (exit code {self._process.poll()})")
-            time.sleep(0.2)
-        port = port_file.read_text().split()[0]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as response:
-            targets = json.load(response)
-        return next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
-
-    def call(self, method: str, **params: Any) -> dict[str, Any]:
-        message_id = next(self._ids)
-        self._ws.send(json.dumps({"id": message_id, "method": method, "params": params}))
-        while True:
-            message = json.loads(self._ws.recv(timeout=60))
-            if message.get("id") == message_id:
-                if "error" in message:
-                    raise RuntimeError(f"DevTools {method} failed: {message['error']}")
-                return message.get("result", {})
+        self.page: Page = self._context.pages[0]
 
     def navigate(self, url: str) -> None:
-        self.call("Page.navigate", url=url)
-
-    def text(self) -> str:
-        result = self.call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''")
-        return result["result"].get("value", "")
+        self.page.goto(url, timeout=60_000)
 
     def wait_for_text(self, needles: list[str], timeout: float, absent: tuple[str, ...] = ()) -> str:
         """The page text once every needle shows and no `absent` text does (the UI renders client-side)."""
+        body = self.page.locator("body")
         deadline = time.monotonic() + timeout
-        while True:
-            text = self.text()
-            missing = [n for n in needles if n not in text]
-            present = [a for a in absent if a in text]
-            if not missing and not present:
-                return text
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"after {timeout:.0f} s the page lacks {missing} / still shows {present}:\n{text[:2000]}"
-                )
-            time.sleep(1)
+        for needle in needles:
+            expect(body).to_contain_text(needle, use_inner_text=True, timeout=self._left_ms(deadline))
+        for text in absent:
+            expect(body).not_to_contain_text(text, use_inner_text=True, timeout=self._left_ms(deadline))
+        return body.inner_text()
 
-    def click_button(self, label: str) -> bool:
-        """Click the first button whose text is `label`; False when there is none."""
-        expression = (
-            "(() => { const b = [...document.querySelectorAll('button')]"
-            f".find(e => e.innerText.trim() === {json.dumps(label)}); if (b) b.click(); return !!b; }})()"
-        )
-        return bool(self.call("Runtime.evaluate", expression=expression)["result"].get("value"))
+    @staticmethod
+    def _left_ms(deadline: float) -> float:
+        return max(deadline - time.monotonic(), 1.0) * 1000
+
+    def dismiss_community_dialog(self) -> None:
+        """A first visit opens Dagster's newsletter dialog over the page a few seconds in; skip it as a user would."""
+        dialog = self.page.get_by_text(COMMUNITY_DIALOG).first
+        try:
+            dialog.wait_for(state="visible", timeout=10_000)
+        except PlaywrightTimeoutError:
+            return  # not shown (this Dagster version, or already dismissed in this profile)
+        self.page.get_by_role("button", name="Skip", exact=True).click()
+        expect(dialog).to_be_hidden(timeout=15_000)
 
     def screenshot(self, path: Path) -> Path:
-        data = self.call("Page.captureScreenshot", format="png")["data"]
-        path.write_bytes(base64.b64decode(data))
+        self.page.screenshot(path=path, animations="disabled")  # a dialog still fading in is drawn finished
         return path
 
     def __enter__(self) -> Browser:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stack.close()
-        stop_process(self._process, timeout_s=20)
+        try:
+            self._context.close()
+        finally:
+            self._playwright.stop()

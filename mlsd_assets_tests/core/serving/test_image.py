@@ -6,7 +6,6 @@ import io
 import logging
 import random
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ from tritonclient.utils import InferenceServerException
 from mlsd_assets.core.data.splits import Cifar10Split
 from mlsd_assets.core.evaluation.measure import offline_predictions
 from mlsd_assets.core.evaluation.promotion import CHAMPION_ALIAS
-from mlsd_assets.core.serving.runtime import ServerStartError, free_port, running_container, stop_process, wait_healthy
+from mlsd_assets.core.serving.runtime import ServerStartError, free_port, running_container, wait_healthy
 from mlsd_assets.evaluation.assets import evaluation_report, model_promotion
 from mlsd_assets.evaluation.checks import check_model_promotion_accepted
 from mlsd_assets.io_manager import ArtifactIOManager
@@ -31,6 +30,7 @@ from mlsd_assets.training.assets import cifar10_model, cifar10_onnx
 from mlsd_assets.training.checks import check_cifar10_onnx_parity
 from mlsd_assets.training.resources import MLflowTracking
 from mlsd_assets_tests.core.serving.test_server import BAD_REQUESTS, answer, binary
+from mlsd_assets_tests.services import prometheus
 from mlsd_assets_tests.synthetic import make_split
 from mlsd_assets_tests.training.tiny import TINY
 
@@ -188,59 +188,33 @@ def test_triton_http_client_talks_to_the_container(pipeline, docker_engine, tmp_
 
 def test_prometheus_scrapes_the_container_and_counts_what_was_sent(pipeline, docker_engine, tmp_path: Path):
     """A real Prometheus (Debian's package) scrapes /metrics; PromQL returns exactly the requests sent."""
-    prometheus = shutil.which("prometheus")
-    if prometheus is None:
+    if shutil.which("prometheus") is None:
         pytest.skip("prometheus is not installed (apt-get install prometheus)")
     result, _ = pipeline
     image = result.output_for_node("inference_server_image")
     images, _ = make_split(n_train=10, n_validation=0, n_test=10, seed=6).arrays("test")
     client = docker_engine.client()
     sent = {"200": 23, "400": 7}
-    with published_container(client, image.image_id, "mlsd-test-prometheus") as base_url:
-        target = base_url.removeprefix("http://")
-        config = tmp_path / "prometheus.yml"
-        config.write_text(
-            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-            f"scrape_configs: [{{job_name: mlsd, static_configs: [{{targets: ['{target}']}}]}}]\n"
-        )
-        prom_port = free_port()
-        with open(tmp_path / "prometheus.log", "wb") as out:
-            proc = subprocess.Popen(
-                [
-                    prometheus,
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{prom_port}",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            with httpx.Client(base_url=base_url) as http:
-                infer = f"/v2/models/{image.model_name}/infer"
-                for i in range(sent["200"]):
-                    assert http.post(infer, **binary(images[i % 10 : i % 10 + 1])).status_code == 200
-                for _ in range(sent["400"]):
-                    assert http.post(infer, content=b"{").status_code == 400
-            query = 'sum by (status) (mlsd_requests_total{route="/v2/models/{name}/infer",job="mlsd"})'
-            seen: dict[str, float] = {}
-            deadline = time.monotonic() + 60
-            while seen != {k: float(v) for k, v in sent.items()} and time.monotonic() < deadline:
-                time.sleep(1)
-                try:
-                    r = httpx.get(f"http://127.0.0.1:{prom_port}/api/v1/query", params={"query": query})
-                except httpx.TransportError:
-                    continue
-                if r.status_code == 200:
-                    seen = {v["metric"]["status"]: float(v["value"][1]) for v in r.json()["data"]["result"]}
-            assert seen == {k: float(v) for k, v in sent.items()}, (
-                seen,
-                (tmp_path / "prometheus.log").read_text()[-2000:],
-            )
-            up = httpx.get(f"http://127.0.0.1:{prom_port}/api/v1/query", params={"query": 'up{job="mlsd"}'}).json()
-            assert up["data"]["result"][0]["value"][1] == "1"
-        finally:
-            stop_process(proc, timeout_s=10)
+    with (
+        published_container(client, image.image_id, "mlsd-test-prometheus") as base_url,
+        prometheus(tmp_path, [base_url.removeprefix("http://")], job="mlsd") as prom,
+    ):
+        with httpx.Client(base_url=base_url) as http:
+            infer = f"/v2/models/{image.model_name}/infer"
+            for i in range(sent["200"]):
+                assert http.post(infer, **binary(images[i % 10 : i % 10 + 1])).status_code == 200
+            for _ in range(sent["400"]):
+                assert http.post(infer, content=b"{").status_code == 400
+        query = 'sum by (status) (mlsd_requests_total{route="/v2/models/{name}/infer",job="mlsd"})'
+        seen: dict[str, float] = {}
+        deadline = time.monotonic() + 60
+        while seen != {k: float(v) for k, v in sent.items()} and time.monotonic() < deadline:
+            time.sleep(1)
+            r = prom.get("/api/v1/query", params={"query": query}).raise_for_status()
+            seen = {v["metric"]["status"]: float(v["value"][1]) for v in r.json()["data"]["result"]}
+        assert seen == {k: float(v) for k, v in sent.items()}, (seen, (tmp_path / "prometheus.log").read_text()[-2000:])
+        up = prom.get("/api/v1/query", params={"query": 'up{job="mlsd"}'}).json()
+        assert up["data"]["result"][0]["value"][1] == "1"
     assert eval_containers(client, "mlsd-test-prometheus") == []
 
 

@@ -15,16 +15,16 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
-from mlsd_assets.core.serving.server.app import create_app
-from mlsd_assets.core.serving.server.batching import BatchingConfig
-from mlsd_assets.core.serving.server.inputs import Limits
-from mlsd_assets.core.serving.server.model import ModelContractError, Predictor
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from mlsd_assets.core.evaluation.client import infer_body, infer_outputs
 from mlsd_assets.core.evaluation.measure import server_counters
+from mlsd_assets.core.serving.server.app import create_app
+from mlsd_assets.core.serving.server.batching import BatchingConfig
+from mlsd_assets.core.serving.server.inputs import Limits
+from mlsd_assets.core.serving.server.model import ModelContractError, Predictor
 from mlsd_assets_tests.core.serving.onnx_models import write_tiny_model
 
 MODEL = "/v2/models/cifar10-classifier"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import subprocess
 import sys
@@ -19,7 +18,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlsd_assets.core.evaluation.client import infer_body, infer_outputs
-from mlsd_assets.core.serving.runtime import free_port, stop_process, wait_healthy
+from mlsd_assets.core.serving.runtime import free_port
+from mlsd_assets_tests.services import running_service
 from mlsd_assets_tests.synthetic import make_images
 
 INFER = "/v2/models/cifar10-classifier/infer"
@@ -41,14 +41,9 @@ def serve(model: Path, log_path: Path, *args: str) -> Iterator[tuple[str, subpro
         "warning",
         *args,
     ]
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
     base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(base_url, 60, lambda: None if proc.poll() is None else log_path.read_text())
+    with running_service(cmd, log_path, f"{base_url}/v2/health/ready") as proc:
         yield base_url, proc
-    finally:
-        stop_process(proc, timeout_s=10)
 
 
 @pytest.fixture(scope="module")
