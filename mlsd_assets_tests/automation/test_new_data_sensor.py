@@ -3,8 +3,6 @@
 import errno
 import json
 import os
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -26,6 +24,13 @@ SENSOR = build_new_data_sensor()
 @pytest.fixture
 def paths(tmp_path: Path) -> DataPaths:
     return DataPaths(root=str(tmp_path / "data"))
+
+
+@pytest.fixture
+def landing(paths: DataPaths) -> Path:
+    """The landing directory drops arrive in, created empty."""
+    paths.landing_dir.mkdir(parents=True)
+    return paths.landing_dir
 
 
 @pytest.fixture
@@ -62,10 +67,8 @@ def _tar_drop(tmp: Path, landing: Path, name: str, n: int = 20) -> Path:
 
 @pytest.mark.parametrize("kind", ["pickle", "folder", "tar.gz"])
 def test_complete_drop_becomes_partition_and_run(
-    kind: str, tmp_path: Path, instance: dg.DagsterInstance, paths: DataPaths
+    kind: str, tmp_path: Path, instance: dg.DagsterInstance, paths: DataPaths, landing: Path
 ) -> None:
-    landing = paths.landing_dir
-    landing.mkdir(parents=True)
     name = {"pickle": "batch_7", "folder": "spring-photos", "tar.gz": "field batch.tar.gz"}[kind]
     drop = {
         "pickle": lambda: _pickle_drop(landing, name),
@@ -87,9 +90,8 @@ def test_complete_drop_becomes_partition_and_run(
     assert len(batch) == 20 and batch.partition == key
 
 
-def test_drop_without_marker_is_ignored(instance: dg.DagsterInstance, paths: DataPaths) -> None:
-    paths.landing_dir.mkdir(parents=True)
-    drop = _pickle_drop(paths.landing_dir, "half_copied")
+def test_drop_without_marker_is_ignored(instance: dg.DagsterInstance, paths: DataPaths, landing: Path) -> None:
+    drop = _pickle_drop(landing, "half_copied")
     result = _tick(instance, paths)
     assert not result.run_requests and "no complete drop" in result.skip_reason.skip_message
     assert drop.exists()
@@ -97,12 +99,11 @@ def test_drop_without_marker_is_ignored(instance: dg.DagsterInstance, paths: Dat
     assert [r.partition_key for r in _tick(instance, paths).run_requests] == ["half_copied"]
 
 
-def test_bad_drop_is_quarantined_once(instance: dg.DagsterInstance, paths: DataPaths) -> None:
-    paths.landing_dir.mkdir(parents=True)
+def test_bad_drop_is_quarantined_once(instance: dg.DagsterInstance, paths: DataPaths, landing: Path) -> None:
     images, labels = make_images(10)
     labels[4] = 12
-    bad = _ready(write_pickle_batch(paths.landing_dir / "bad_labels", images, labels, "bad"))
-    garbage = paths.landing_dir / "garbage.tar.gz"
+    bad = _ready(write_pickle_batch(landing / "bad_labels", images, labels, "bad"))
+    garbage = landing / "garbage.tar.gz"
     garbage.write_bytes(b"\x1f\x8b not really gzip")
     _ready(garbage)
 
@@ -121,9 +122,8 @@ def test_bad_drop_is_quarantined_once(instance: dg.DagsterInstance, paths: DataP
     assert not again.run_requests and not again.asset_events, "a quarantined drop is never retried"
 
 
-def test_cursor_prevents_reprocessing(instance: dg.DagsterInstance, paths: DataPaths) -> None:
-    paths.landing_dir.mkdir(parents=True)
-    _ready(_pickle_drop(paths.landing_dir, "batch_8"))
+def test_cursor_prevents_reprocessing(instance: dg.DagsterInstance, paths: DataPaths, landing: Path) -> None:
+    _ready(_pickle_drop(landing, "batch_8"))
     first = _tick(instance, paths)
     assert [r.partition_key for r in first.run_requests] == ["batch_8"]
 
@@ -133,23 +133,21 @@ def test_cursor_prevents_reprocessing(instance: dg.DagsterInstance, paths: DataP
     assert [r.partition_key for r in recovered.run_requests] == ["batch_8"], "no cursor: resumed from drops/"
 
     # The same name delivered again is not new data under an existing key: quarantined, not re-ingested.
-    _ready(_pickle_drop(paths.landing_dir, "batch_8", seed=9))
+    _ready(_pickle_drop(landing, "batch_8", seed=9))
     dup = _tick(instance, paths, first.cursor)
     assert not dup.run_requests
     assert "already exists" in (paths.quarantine_dir / "batch_8.reason.txt").read_text()
 
 
-def test_unusable_name_is_quarantined(instance: dg.DagsterInstance, paths: DataPaths) -> None:
-    paths.landing_dir.mkdir(parents=True)
-    _ready(_pickle_drop(paths.landing_dir, "---"))
+def test_unusable_name_is_quarantined(instance: dg.DagsterInstance, paths: DataPaths, landing: Path) -> None:
+    _ready(_pickle_drop(landing, "---"))
     result = _tick(instance, paths)
     assert not result.run_requests
     assert "no usable partition key" in (paths.quarantine_dir / "---.reason.txt").read_text()
 
 
-def test_official_batch_name_is_not_a_drop(instance: dg.DagsterInstance, paths: DataPaths) -> None:
-    paths.landing_dir.mkdir(parents=True)
-    _ready(_pickle_drop(paths.landing_dir, "data_batch_1"))
+def test_official_batch_name_is_not_a_drop(instance: dg.DagsterInstance, paths: DataPaths, landing: Path) -> None:
+    _ready(_pickle_drop(landing, "data_batch_1"))
     assert not _tick(instance, paths).run_requests
     assert (paths.quarantine_dir / "data_batch_1.reason.txt").exists()
 
@@ -164,18 +162,6 @@ def test_partition_keys_are_safe() -> None:
 
 
 # --- one bad drop never stops intake (issue 11) ---
-
-
-@pytest.fixture
-def no_hang() -> Iterator[None]:
-    def _timeout(*_: object) -> None:
-        raise TimeoutError("sensor tick did not return within 60 s")
-
-    previous = signal.signal(signal.SIGALRM, _timeout)
-    signal.alarm(60)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
 
 
 def _reason(paths: DataPaths, name: str) -> str:
@@ -195,12 +181,11 @@ BAD_DROPS = {
 }
 
 
+@pytest.mark.timeout(60)  # a reader that blocks (FIFO) or walks a bomb fails the test instead of hanging the suite
 @pytest.mark.parametrize("kind", sorted(BAD_DROPS))
 def test_bad_drop_is_quarantined_and_the_tick_goes_on(
-    kind: str, instance: dg.DagsterInstance, paths: DataPaths, no_hang: None
+    kind: str, instance: dg.DagsterInstance, paths: DataPaths, landing: Path
 ) -> None:
-    landing = paths.landing_dir
-    landing.mkdir(parents=True)
     bad = _ready(BAD_DROPS[kind](landing))
     os.utime(bad.with_name(bad.name + ".ready"), (1, 1))  # the bad drop is first in line
     _ready(_pickle_drop(landing, "good_after"))
@@ -218,16 +203,13 @@ def test_bad_drop_is_quarantined_and_the_tick_goes_on(
         assert (landing.parent / "elsewhere" / "cat").is_dir(), "the link target is untouched"
 
 
-def test_empty_ready_name_is_ignored(instance: dg.DagsterInstance, paths: DataPaths) -> None:
-    paths.landing_dir.mkdir(parents=True)
-    (paths.landing_dir / ".ready").touch()
-    _ready(_pickle_drop(paths.landing_dir, "batch_9"))
+def test_empty_ready_name_is_ignored(instance: dg.DagsterInstance, paths: DataPaths, landing: Path) -> None:
+    (landing / ".ready").touch()
+    _ready(_pickle_drop(landing, "batch_9"))
     assert [r.partition_key for r in _tick(instance, paths).run_requests] == ["batch_9"]
 
 
-def test_non_utf8_drop_name(instance: dg.DagsterInstance, paths: DataPaths) -> None:
-    landing = paths.landing_dir
-    landing.mkdir(parents=True)
+def test_non_utf8_drop_name(instance: dg.DagsterInstance, paths: DataPaths, landing: Path) -> None:
     name = os.fsdecode(b"caf\xe9")
     os.rename(_pickle_drop(landing, "staged"), landing / name)
     _ready(landing / name)
@@ -244,11 +226,9 @@ def test_non_utf8_drop_name(instance: dg.DagsterInstance, paths: DataPaths) -> N
 
 
 def test_crash_leftover_of_a_cross_filesystem_move_is_recovered(
-    instance: dg.DagsterInstance, paths: DataPaths, monkeypatch: pytest.MonkeyPatch
+    instance: dg.DagsterInstance, paths: DataPaths, landing: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A tick killed mid-copy leaves `.<key>.incoming`; the next move replaces it instead of failing forever."""
-    landing = paths.landing_dir
-    landing.mkdir(parents=True)
     _ready(_folder_drop(landing, "batch_x"))
     (paths.drops_dir / ".batch_x.incoming" / "cat").mkdir(parents=True)
     (paths.drops_dir / ".batch_x.incoming" / "cat" / "0.png").write_bytes(b"half a copy")
@@ -268,9 +248,9 @@ def test_crash_leftover_of_a_cross_filesystem_move_is_recovered(
 
 
 @pytest.mark.parametrize("length", [240, 249])
-def test_long_names_are_refused_with_a_reason(length: int, instance: dg.DagsterInstance, paths: DataPaths) -> None:
-    landing = paths.landing_dir
-    landing.mkdir(parents=True)
+def test_long_names_are_refused_with_a_reason(
+    length: int, instance: dg.DagsterInstance, paths: DataPaths, landing: Path
+) -> None:
     name = "n" * length
     _ready(_pickle_drop(landing, name))
 
@@ -284,10 +264,8 @@ def test_long_names_are_refused_with_a_reason(length: int, instance: dg.DagsterI
 
 
 def test_any_exception_quarantines_only_that_drop(
-    instance: dg.DagsterInstance, paths: DataPaths, monkeypatch: pytest.MonkeyPatch
+    instance: dg.DagsterInstance, paths: DataPaths, landing: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    landing = paths.landing_dir
-    landing.mkdir(parents=True)
     _ready(_pickle_drop(landing, "explodes"))
     _ready(_pickle_drop(landing, "fine"))
     real_vet = drops.vet
@@ -303,10 +281,9 @@ def test_any_exception_quarantines_only_that_drop(
     assert "RuntimeError: disk on fire" in _reason(paths, "explodes")
 
 
-def test_watchdog_bounds_one_drop(instance: dg.DagsterInstance, paths: DataPaths) -> None:
+def test_watchdog_bounds_one_drop(instance: dg.DagsterInstance, paths: DataPaths, landing: Path) -> None:
     """A reader that outlives its deadline is killed; the drop is quarantined with the reason."""
-    paths.landing_dir.mkdir(parents=True)
-    _ready(_pickle_drop(paths.landing_dir, "slow"))
+    _ready(_pickle_drop(landing, "slow"))
     sensor = build_new_data_sensor(limits=drops.IntakeLimits(drop_s=0.01, tick_s=30))
     context = dg.build_sensor_context(instance=instance, resources={"paths": paths})
     result = sensor(context)

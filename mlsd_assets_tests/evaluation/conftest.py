@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from mlsd_assets.training.resources import MLflowTracking
-
-MODEL_NAME = "cifar10-classifier"
+from mlsd_assets_tests.evaluation.stubs import MODEL_NAME
 
 
 @pytest.fixture
@@ -18,17 +17,6 @@ def mlflow_tracking(mlsd_home: Path) -> MLflowTracking:
         artifact_root=(mlsd_home / "mlflow" / "artifacts").as_uri(),
         registered_model_name=MODEL_NAME,
     )
-
-
-def register_version(tracking: MLflowTracking, name: str = MODEL_NAME) -> tuple[str, str]:
-    """A finished run and a registry version pointing at it: what training leaves behind."""
-    client = tracking.client()
-    run_id = tracking.start_run("test-training", {"source": "mlsd-tests"})
-    client.set_terminated(run_id)
-    if not client.search_registered_models(filter_string=f"name='{name}'"):
-        client.create_registered_model(name)
-    version = client.create_model_version(name, f"runs:/{run_id}/model", run_id=run_id)
-    return run_id, str(version.version)
 
 
 # The real engine and the image wheelhouse, shared with the serving tests.

@@ -12,15 +12,11 @@ import pytest
 from mlsd_assets.core.data.splits import Cifar10Split
 from mlsd_assets.core.evaluation.measure import EvaluationError, measure_server, offline_predictions
 from mlsd_assets.core.evaluation.report import EvaluationReport, classification_metrics
-from mlsd_assets.core.serving.artifacts import ServerImage
 from mlsd_assets.core.serving.runtime import running_local_process
 from mlsd_assets.core.training.artifacts import OnnxModel
 from mlsd_assets.evaluation.assets import ACCURACY_TAG, evaluation_report
-from mlsd_assets.io_manager import ArtifactIOManager
-from mlsd_assets.resources import DataPaths
-from mlsd_assets.serving.resources import DockerEngine
 from mlsd_assets_tests.core.serving.onnx_models import nearest_mean_weights, write_tiny_model
-from mlsd_assets_tests.evaluation.conftest import register_version
+from mlsd_assets_tests.evaluation.stubs import evaluation_resources, register_version, unbuilt_image, upstream_assets
 from mlsd_assets_tests.synthetic import make_split
 
 log = logging.getLogger("test")
@@ -37,40 +33,9 @@ def test_local_process_report(mlsd_home, mlflow_tracking, tmp_path):
     run_id, version = register_version(mlflow_tracking)
     model = tiny_onnx(tmp_path, split, run_id, version)
 
-    @dg.asset(name="cifar10_split")
-    def split_asset() -> Cifar10Split:
-        return split
-
-    @dg.asset(name="cifar10_onnx")
-    def onnx_asset() -> OnnxModel:
-        return model
-
-    @dg.asset(name="inference_server_image")
-    def image_asset() -> ServerImage:
-        return ServerImage(
-            "not-built:v1",
-            "sha256:none",
-            0,
-            "none",
-            model.registered_model_name,
-            version,
-            run_id,
-            "none",
-            0.0,
-            "",
-            "",
-            "",
-        )
-
-    data = mlsd_home / "data"
     result = dg.materialize(
-        [split_asset, onnx_asset, image_asset, evaluation_report],
-        resources={
-            "io_manager": ArtifactIOManager(root=str(data / "artifacts")),
-            "paths": DataPaths(root=str(data)),
-            "mlflow": mlflow_tracking,
-            "docker": DockerEngine(base_url="unix:///nonexistent.sock"),  # must not be touched
-        },
+        [*upstream_assets(split, model), unbuilt_image(model), evaluation_report],
+        resources=evaluation_resources(mlsd_home, mlflow_tracking),
         run_config={"ops": {"evaluation_report": {"config": {"runtime": "local_process", "batch_size": 32}}}},
     )
     report = result.output_for_node("evaluation_report")

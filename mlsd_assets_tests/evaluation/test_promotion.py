@@ -5,70 +5,38 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
 import pytest
 
-from mlsd_assets.core.data.splits import Cifar10Split
 from mlsd_assets.core.evaluation.promotion import CHAMPION_ALIAS, Promotion
-from mlsd_assets.core.serving.artifacts import ServerImage
 from mlsd_assets.core.training.artifacts import OnnxModel
 from mlsd_assets.evaluation.assets import evaluation_report, model_promotion
 from mlsd_assets.evaluation.checks import check_model_promotion_accepted
-from mlsd_assets.io_manager import ArtifactIOManager
-from mlsd_assets.resources import DataPaths
-from mlsd_assets.serving.resources import DockerEngine
 from mlsd_assets.training.resources import MLflowTracking
-from mlsd_assets_tests.core.serving.onnx_models import nearest_mean_weights, write_tiny_model
-from mlsd_assets_tests.evaluation.conftest import MODEL_NAME, register_version
-from mlsd_assets_tests.synthetic import make_split
-
-SPLIT = make_split(n_train=300, n_validation=20, n_test=150, seed=21)
-GOOD = nearest_mean_weights(*SPLIT.arrays("train"))
-
-
-def bad_weights() -> tuple[np.ndarray, np.ndarray]:
-    """Good on two classes only: the challenger a gate must turn away."""
-    w, b = (x.copy() for x in GOOD)
-    w[:, 2:] = 0.0
-    b[2:] = -1e6
-    return w, b
-
-
-def trained(tracking: MLflowTracking, tmp: Path, weights) -> OnnxModel:
-    """A registered version whose run holds its ONNX file under onnx/, as cifar10_onnx leaves it."""
-    run_id, version = register_version(tracking)
-    path = write_tiny_model(tmp / f"v{version}" / "cifar10.onnx", weights, version=version, run_id=run_id)
-    tracking.client().log_artifact(run_id, str(path), artifact_path="onnx")
-    return OnnxModel.load(path)
+from mlsd_assets_tests.evaluation.stubs import (
+    GOOD,
+    MODEL_NAME,
+    SPLIT,
+    bad_weights,
+    evaluation_resources,
+    register_version,
+    registered_onnx,
+    unbuilt_image,
+    upstream_assets,
+)
 
 
 def evaluate_and_decide(
     home: Path, tracking: MLflowTracking, model: OnnxModel, raise_on_error: bool = True, **eval_config
 ) -> dg.ExecuteInProcessResult:
-    @dg.asset(name="cifar10_split")
-    def split_asset() -> Cifar10Split:
-        return SPLIT
-
-    @dg.asset(name="cifar10_onnx")
-    def onnx_asset() -> OnnxModel:
-        return model
-
-    @dg.asset(name="inference_server_image")
-    def image_asset() -> ServerImage:
-        v = model.registered_model_version
-        return ServerImage(
-            f"none:v{v}", "sha256:none", 0, "none", MODEL_NAME, v, model.mlflow_run_id, "none", 0.0, "", "", ""
-        )
-
-    data = home / "data"
     return dg.materialize(
-        [split_asset, onnx_asset, image_asset, evaluation_report, model_promotion, check_model_promotion_accepted],
-        resources={
-            "io_manager": ArtifactIOManager(root=str(data / "artifacts")),
-            "paths": DataPaths(root=str(data)),
-            "mlflow": tracking,
-            "docker": DockerEngine(base_url="unix:///nonexistent.sock"),  # no registry: never touched
-        },
+        [
+            *upstream_assets(SPLIT, model),
+            unbuilt_image(model),
+            evaluation_report,
+            model_promotion,
+            check_model_promotion_accepted,
+        ],
+        resources=evaluation_resources(home, tracking),
         run_config={
             "ops": {"evaluation_report": {"config": {"runtime": "local_process", "batch_size": 64} | eval_config}}
         },
@@ -81,7 +49,7 @@ def champion(tracking: MLflowTracking) -> str:
 
 
 def test_side_by_side_promotes_first_rejects_worse_promotes_equal(mlsd_home, mlflow_tracking, tmp_path):
-    first = trained(mlflow_tracking, tmp_path, GOOD)
+    first = registered_onnx(mlflow_tracking, tmp_path, GOOD)
     result = evaluate_and_decide(mlsd_home, mlflow_tracking, first)
     promotion = result.output_for_node("model_promotion")
     assert isinstance(promotion, Promotion) and promotion.decision == "promoted"
@@ -89,7 +57,7 @@ def test_side_by_side_promotes_first_rejects_worse_promotes_equal(mlsd_home, mlf
     assert result.output_for_node("evaluation_report").comparison is None
     assert champion(mlflow_tracking) == first.registered_model_version
 
-    worse = trained(mlflow_tracking, tmp_path, bad_weights())
+    worse = registered_onnx(mlflow_tracking, tmp_path, bad_weights())
     result = evaluate_and_decide(mlsd_home, mlflow_tracking, worse)
     report = result.output_for_node("evaluation_report")
     comparison = report.comparison
@@ -116,7 +84,7 @@ def test_side_by_side_promotes_first_rejects_worse_promotes_equal(mlsd_home, mlf
     meta = next(e for e in events if e.asset_key == dg.AssetKey("model_promotion")).materialization.metadata
     assert meta["decision"].value == "rejected" and meta["pushed"].value == "not pushed"
 
-    equal = trained(mlflow_tracking, tmp_path, GOOD)
+    equal = registered_onnx(mlflow_tracking, tmp_path, GOOD)
     result = evaluate_and_decide(mlsd_home, mlflow_tracking, equal)
     comparison = result.output_for_node("evaluation_report").comparison
     assert (comparison["b"], comparison["c"], comparison["p_worse"]) == (0, 0, 1.0)
@@ -127,7 +95,7 @@ def test_side_by_side_promotes_first_rejects_worse_promotes_equal(mlsd_home, mlf
 
 
 def test_both_servers_stop_when_measurement_fails(mlsd_home, mlflow_tracking, tmp_path, monkeypatch):
-    trained_first = trained(mlflow_tracking, tmp_path, GOOD)
+    trained_first = registered_onnx(mlflow_tracking, tmp_path, GOOD)
     evaluate_and_decide(mlsd_home, mlflow_tracking, trained_first)
     seen: dict[str, str] = {}
 
@@ -140,7 +108,7 @@ def test_both_servers_stop_when_measurement_fails(mlsd_home, mlflow_tracking, tm
         raise dg.Failure("induced failure while both servers run", allow_retries=False)
 
     monkeypatch.setattr("mlsd_assets.core.evaluation.measure.measure_server", induced)
-    challenger = trained(mlflow_tracking, tmp_path, GOOD)
+    challenger = registered_onnx(mlflow_tracking, tmp_path, GOOD)
     result = evaluate_and_decide(mlsd_home, mlflow_tracking, challenger, raise_on_error=False)
     assert not result.success and set(seen) == {"challenger", "champion"}
     import httpx
@@ -152,9 +120,9 @@ def test_both_servers_stop_when_measurement_fails(mlsd_home, mlflow_tracking, tm
 
 
 def test_gate_refuses_a_comparison_with_a_stale_champion(mlsd_home, mlflow_tracking, tmp_path):
-    first = trained(mlflow_tracking, tmp_path, GOOD)
+    first = registered_onnx(mlflow_tracking, tmp_path, GOOD)
     evaluate_and_decide(mlsd_home, mlflow_tracking, first)
-    second = trained(mlflow_tracking, tmp_path, GOOD)
+    second = registered_onnx(mlflow_tracking, tmp_path, GOOD)
     result = evaluate_and_decide(mlsd_home, mlflow_tracking, second, raise_on_error=False, compare_with_champion=False)
     assert result.output_for_node("evaluation_report").comparison is None
     (failure,) = result.get_step_failure_events()

@@ -12,24 +12,28 @@ import dagster as dg
 import httpx
 import pytest
 
-from mlsd_assets.core.data.splits import Cifar10Split
 from mlsd_assets.core.evaluation.promotion import CHAMPION_ALIAS
 from mlsd_assets.core.training.artifacts import OnnxModel
 from mlsd_assets.evaluation.assets import evaluation_report, model_promotion
 from mlsd_assets.evaluation.checks import check_model_promotion_accepted
-from mlsd_assets.io_manager import ArtifactIOManager
-from mlsd_assets.resources import DataPaths
 from mlsd_assets.serving.assets import inference_server_image
 from mlsd_assets.serving.resources import DockerEngine
 from mlsd_assets.training.resources import MLflowTracking
-from mlsd_assets_tests.core.serving.onnx_models import write_tiny_model
-from mlsd_assets_tests.evaluation.registry import Registry, registry_available, running_registry
-from mlsd_assets_tests.evaluation.test_promotion import GOOD, SPLIT, bad_weights
+from mlsd_assets_tests.evaluation.registry import Registry
+from mlsd_assets_tests.evaluation.stubs import (
+    GOOD,
+    SPLIT,
+    bad_weights,
+    evaluation_resources,
+    registered_onnx,
+    upstream_assets,
+)
+from mlsd_assets_tests.services import REGISTRY_BINARY, docker_registry
 
 pytestmark = [
     pytest.mark.docker,
     pytest.mark.skipif(
-        not registry_available(), reason="needs /usr/bin/docker-registry (apt-get install docker-registry)"
+        not REGISTRY_BINARY.exists(), reason=f"needs {REGISTRY_BINARY} (apt-get install docker-registry)"
     ),
 ]
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -48,46 +52,18 @@ class World:
         )
 
     def register(self, weights) -> OnnxModel:
-        client = self.mlflow.client()
-        run_id = self.mlflow.start_run("test-training", {"source": "mlsd-tests"})
-        client.set_terminated(run_id)
-        if not client.search_registered_models(filter_string=f"name='{MODEL}'"):
-            client.create_registered_model(MODEL)
-        version = str(client.create_model_version(MODEL, f"runs:/{run_id}/model", run_id=run_id).version)
-        path = write_tiny_model(
-            self.home / f"v{version}" / "cifar10.onnx",
-            weights,
-            version=version,
-            run_id=run_id,
-            metadata={"mlsd.registered_model_name": MODEL},
-        )
-        client.log_artifact(run_id, str(path), artifact_path="onnx")
-        return OnnxModel.load(path)
+        return registered_onnx(self.mlflow, self.home, weights, name=MODEL)
 
     def evaluate(self, model: OnnxModel, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
-        @dg.asset(name="cifar10_split")
-        def split_asset() -> Cifar10Split:
-            return SPLIT
-
-        @dg.asset(name="cifar10_onnx")
-        def onnx_asset() -> OnnxModel:
-            return model
-
         return dg.materialize(
             [
-                split_asset,
-                onnx_asset,
+                *upstream_assets(SPLIT, model),
                 inference_server_image,
                 evaluation_report,
                 model_promotion,
                 check_model_promotion_accepted,
             ],
-            resources={
-                "io_manager": ArtifactIOManager(root=str(self.home / "artifacts")),
-                "paths": DataPaths(root=str(self.home / "data")),
-                "mlflow": self.mlflow,
-                "docker": self.engine,
-            },
+            resources=evaluation_resources(self.home, self.mlflow, self.engine),
             run_config={
                 "ops": {
                     "inference_server_image": {
@@ -109,8 +85,8 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, docker_engine, wheelhouse_cache):
     home = tmp_path_factory.mktemp("promo")
-    with running_registry(home / "registry") as registry:
-        w = World(home, registry, docker_engine, wheelhouse_cache)
+    with docker_registry(home / "registry") as address:
+        w = World(home, Registry(address), docker_engine, wheelhouse_cache)
         yield w
         client = w.engine.client()
         for image in client.images.list():

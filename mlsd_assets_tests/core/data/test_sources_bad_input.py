@@ -12,6 +12,7 @@ from PIL import Image
 
 from mlsd_assets.core.data.batches import InvalidBatchError
 from mlsd_assets.core.data.sources import SOURCE_ENV, SourceUnavailableError, read_drop, read_official_batch
+from mlsd_assets_tests import hostile_files as hf
 from mlsd_assets_tests.cifar_files import (
     serve_dir,
     tar_gz,
@@ -19,7 +20,6 @@ from mlsd_assets_tests.cifar_files import (
     write_cifar_python_tarball,
     write_image_folder,
     write_image_folder_tree,
-    write_pickle_batch,
 )
 from mlsd_assets_tests.synthetic import make_images
 
@@ -30,17 +30,6 @@ LOG = logging.getLogger("test")
 def good_drop(tmp_path: Path) -> Path:
     images, labels = make_images(20, seed=3)
     return write_image_folder(tmp_path / "drop", images, labels, fmt="png")
-
-
-def _pickle_drop(tmp_path: Path, **overrides: object) -> Path:
-    images, labels = make_images(10, seed=5)
-    path = write_pickle_batch(tmp_path / "drop_batch", images, labels, "drop")
-    with open(path, "rb") as fh:
-        payload = pickle.load(fh)
-    payload.update({k.encode(): v for k, v in overrides.items()})
-    with open(path, "wb") as fh:
-        pickle.dump(payload, fh, protocol=2)
-    return path
 
 
 def test_truncated_official_tarball(tmp_path: Path) -> None:
@@ -80,19 +69,19 @@ def test_missing_local_source_names_the_variable(tmp_path: Path) -> None:
 
 
 def test_truncated_pickle(tmp_path: Path) -> None:
-    path = truncate(_pickle_drop(tmp_path), 0.5)
+    path = truncate(hf.pickle_drop(tmp_path / "drop_batch"), 0.5)
     with pytest.raises(InvalidBatchError, match=r"drop_batch: not a readable CIFAR pickle batch \(truncated"):
         read_drop(path, "drop_batch")
 
 
 def test_wrong_array_shape(tmp_path: Path) -> None:
-    path = _pickle_drop(tmp_path, data=np.zeros((10, 3000), dtype=np.uint8))
+    path = hf.pickle_drop(tmp_path / "drop_batch", data=np.zeros((10, 3000), dtype=np.uint8))
     with pytest.raises(InvalidBatchError, match=r"drop_batch: field 'data' has shape \(10, 3000\)"):
         read_drop(path, "drop_batch")
 
 
 def test_label_out_of_range(tmp_path: Path) -> None:
-    path = _pickle_drop(tmp_path, labels=[0] * 9 + [10])
+    path = hf.pickle_drop(tmp_path / "drop_batch", labels=[0] * 9 + [10])
     with pytest.raises(
         InvalidBatchError, match=r"drop_batch.*: field 'labels' out of range 0\.\.9 at index 9 \(value 10\)"
     ):
@@ -100,7 +89,7 @@ def test_label_out_of_range(tmp_path: Path) -> None:
 
 
 def test_empty_pickle_batch(tmp_path: Path) -> None:
-    path = _pickle_drop(tmp_path, data=np.zeros((0, 3072), dtype=np.uint8), labels=[])
+    path = hf.pickle_drop(tmp_path / "drop_batch", data=np.zeros((0, 3072), dtype=np.uint8), labels=[])
     with pytest.raises(InvalidBatchError, match=r"drop_batch.*: batch is empty"):
         read_drop(path, "drop_batch")
 

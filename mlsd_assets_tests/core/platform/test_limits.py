@@ -1,10 +1,8 @@
 """Readers check declared sizes before decoding, refuse links/FIFOs/devices, and name the file in every error."""
 
 import os
-import signal
 import tarfile
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,19 +13,8 @@ from mlsd_assets.core.data.sources import check_drop_key, find_drop, read_drop
 from mlsd_assets.core.platform import limits
 from mlsd_assets_tests import hostile_files as hf
 
-
-@pytest.fixture(autouse=True)
-def no_hang() -> Iterator[None]:
-    """A reader that blocks (FIFO) or walks a bomb fails the test instead of hanging the suite."""
-
-    def _timeout(*_: object) -> None:
-        raise TimeoutError("reader did not return within 30 s")
-
-    previous = signal.signal(signal.SIGALRM, _timeout)
-    signal.alarm(30)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+# A reader that blocks (FIFO) or walks a bomb fails the test (SIGALRM) instead of hanging the suite.
+pytestmark = pytest.mark.timeout(30)
 
 
 def _refused(path: Path, *fragments: str) -> str:
