@@ -1,14 +1,13 @@
 """run_failure_alert_sensor: a failed raw_cifar10 run is posted as short JSON to a real local webhook."""
 
 import json
-import threading
 import urllib.error
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
 import pytest
+from pytest_httpserver import HTTPServer
 
 from mlsd_assets.automation.resources import AlertWebhook, alert_webhook
 from mlsd_assets.automation.sensors import run_failure_alert_sensor
@@ -19,38 +18,15 @@ from mlsd_assets.resources import DataPaths
 from mlsd_assets.settings import load_settings
 
 
-class Webhook:
-    """A real HTTP endpoint on 127.0.0.1 that records JSON bodies and answers with `status`."""
-
-    def __init__(self) -> None:
-        self.received: list[dict] = []
-        self.status = 200
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server API)
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                hook.received.append(json.loads(body))
-                self.send_response(hook.status)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/alerts"
-
-
 @pytest.fixture
-def webhook() -> Iterator[Webhook]:
-    hook = Webhook()
-    thread = threading.Thread(target=hook.server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield hook
-    finally:
-        hook.server.shutdown()
-        hook.server.server_close()
+def webhook(httpserver: HTTPServer) -> HTTPServer:
+    """A real HTTP endpoint on 127.0.0.1 (pytest-httpserver) that accepts POST /alerts and logs each request."""
+    httpserver.expect_request("/alerts", method="POST").respond_with_data("")
+    return httpserver
+
+
+def received(webhook: HTTPServer) -> list[dict]:
+    return [json.loads(request.data) for request, _ in webhook.log]
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +63,10 @@ def _alert(instance: dg.DagsterInstance, result: dg.ExecuteInProcessResult, aler
     run_failure_alert_sensor(context)
 
 
-def test_failure_is_posted_to_webhook(failed_run, webhook: Webhook) -> None:
+def test_failure_is_posted_to_webhook(failed_run, webhook: HTTPServer) -> None:
     instance, result = failed_run
-    _alert(instance, result, AlertWebhook(url=webhook.url))
-    [payload] = webhook.received
+    _alert(instance, result, AlertWebhook(url=webhook.url_for("/alerts")))
+    [payload] = received(webhook)
     assert payload["run_id"] == result.run_id
     assert payload["job"] == result.dagster_run.job_name
     assert payload["assets"] == ["raw_cifar10"]
@@ -99,24 +75,25 @@ def test_failure_is_posted_to_webhook(failed_run, webhook: Webhook) -> None:
 
 
 def test_webhook_url_comes_from_the_secret_env_var(
-    failed_run, webhook: Webhook, mlsd_home: Path, monkeypatch: pytest.MonkeyPatch
+    failed_run, webhook: HTTPServer, mlsd_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MLSD_ALERT_WEBHOOK_URL", webhook.url)
+    monkeypatch.setenv("MLSD_ALERT_WEBHOOK_URL", webhook.url_for("/alerts"))
     instance, result = failed_run
     _alert(instance, result, alert_webhook(load_settings()))
-    assert [p["run_id"] for p in webhook.received] == [result.run_id]
+    assert [p["run_id"] for p in received(webhook)] == [result.run_id]
 
 
-def test_no_webhook_only_logs(failed_run, webhook: Webhook, mlsd_home: Path) -> None:
+def test_no_webhook_only_logs(failed_run, webhook: HTTPServer, mlsd_home: Path) -> None:
     instance, result = failed_run
     alerts = alert_webhook(load_settings())
     assert alerts.url == ""
     _alert(instance, result, alerts)
-    assert webhook.received == []
+    assert webhook.log == []
 
 
-def test_rejected_alert_fails_the_tick(failed_run, webhook: Webhook) -> None:
+def test_rejected_alert_fails_the_tick(failed_run, httpserver: HTTPServer) -> None:
     instance, result = failed_run
-    webhook.status = 500
+    httpserver.expect_request("/alerts", method="POST").respond_with_data("", status=500)
     with pytest.raises(urllib.error.HTTPError, match="500"):
-        _alert(instance, result, AlertWebhook(url=webhook.url))
+        _alert(instance, result, AlertWebhook(url=httpserver.url_for("/alerts")))
+    assert len(httpserver.log) == 1
