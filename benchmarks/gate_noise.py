@@ -62,9 +62,14 @@ def quick_model(data: Path, cache: Path, epochs: int, log: logging.Logger) -> by
 
 
 def build(model_bytes: bytes, cache: Path, log: logging.Logger) -> tuple[object, str]:
-    from mlsd_assets.core.serving.image import build_image, ensure_wheelhouse, host_pins, write_build_context
-    from mlsd_assets.serving.assets import DEFAULT_BASE_IMAGE
-    from mlsd_assets.serving.resources import DockerEngine
+    from mlsd_assets.core.serving.image import (
+        DEFAULT_BASE_IMAGE,
+        build_image,
+        ensure_wheelhouse,
+        host_pins,
+        write_build_context,
+    )
+    from mlsd_assets.resources import DockerEngine
 
     client = DockerEngine().client()
     tag = f"mlsd-bench/gate-noise:{hashlib.sha256(model_bytes).hexdigest()[:12]}"
@@ -89,9 +94,10 @@ def main() -> int:
         print(f"data not found: {args.data} (pass --data PATH to cifar10-jpeg.tar.gz)", file=sys.stderr)
         return 2
     from mlsd_assets.core.platform.allocator import reexec_with_jemalloc
+    from mlsd_assets.settings import environment
 
     if not args.onnx:
-        reexec_with_jemalloc()  # training steps on CPU: an allocator that keeps its pages
+        reexec_with_jemalloc(environment())  # training steps on CPU: an allocator that keeps its pages
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     log = logging.getLogger("gate-noise")
     for noisy in ("docker", "urllib3"):

@@ -191,7 +191,7 @@ def server_container(
 ) -> Iterator[tuple[int, object]]:
     """The image on the host network (no proxy between client and server), removed afterwards."""
     from mlsd_assets.core.serving.runtime import free_port, wait_healthy
-    from mlsd_assets.serving.resources import DockerEngine
+    from mlsd_assets.resources import DockerEngine
 
     port = free_port()
     env = {
@@ -220,7 +220,7 @@ def server_container(
 
 def build_server_image(model_path: Path, work: Path, base_image: str, tag: str) -> tuple[str, int]:
     from mlsd_assets.core.serving.image import build_image, ensure_wheelhouse, host_pins, write_build_context
-    from mlsd_assets.serving.resources import DockerEngine
+    from mlsd_assets.resources import DockerEngine
 
     wheelhouse = ensure_wheelhouse(work / "wheelhouses", host_pins(), log)
     context = write_build_context(work / "context", model_path.read_bytes(), wheelhouse)

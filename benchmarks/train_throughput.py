@@ -51,8 +51,9 @@ def main() -> int:
         print(f"data not found: {args.data} (pass --data PATH to cifar10-jpeg.tar.gz)", file=sys.stderr)
         return 2
     from mlsd_assets.core.platform.allocator import reexec_with_jemalloc
+    from mlsd_assets.settings import environment
 
-    reexec_with_jemalloc()
+    reexec_with_jemalloc(environment())
     logging.basicConfig(level=logging.WARNING)
     log = logging.getLogger("bench")
 

@@ -62,8 +62,9 @@ def main() -> int:
         print(f"data not found: {args.data} (pass --data PATH to cifar10-jpeg.tar.gz)", file=sys.stderr)
         return 2
     from mlsd_assets.core.platform.allocator import active_allocator, reexec_with_jemalloc
+    from mlsd_assets.settings import environment
 
-    reexec_with_jemalloc()
+    reexec_with_jemalloc(environment())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     log = logging.getLogger("bench")
 

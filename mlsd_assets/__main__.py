@@ -15,10 +15,10 @@ from pathlib import Path
 import dagster as dg
 
 from mlsd_assets.automation.jobs import ingestion_job, rollback_job, split_job, training_job
-from mlsd_assets.automation.resources import root_cause
+from mlsd_assets.automation.sensors import step_errors
 from mlsd_assets.core.platform.allocator import reexec_with_jemalloc
 from mlsd_assets.data.partitions import OFFICIAL_BATCHES, add_official_batches
-from mlsd_assets.settings import load_settings
+from mlsd_assets.settings import environment, load_settings
 
 ORDER = (
     "raw_cifar10",
@@ -54,11 +54,7 @@ def _execute(
         tags=tags,
         raise_on_error=False,
     )
-    problems = [
-        f"step {event.step_key}: {root_cause(event.event_specific_data.error)}"
-        for event in result.get_step_failure_events()
-        if event.event_specific_data is not None and event.event_specific_data.error is not None
-    ]
+    problems = [f"step {error}" for error in step_errors(result.get_step_failure_events())]
     # Blocking checks fail their run (caught above); the others are reported, as the UI shows them.
     for ev in result.get_asset_check_evaluations():
         if not ev.passed:
@@ -165,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     back.add_argument("--reason", default="manual rollback", help="why (recorded on the version and the run)")
     args = parser.parse_args(argv)
     if args.command == "pipeline" and argv is None:
-        reexec_with_jemalloc()  # training runs in this process: give it an allocator that keeps its pages
+        reexec_with_jemalloc(environment())  # training runs in this process: give it an allocator that keeps its pages
     try:
         if args.command == "pipeline":
             pipeline(args.through, args.epochs, args.budget_minutes)

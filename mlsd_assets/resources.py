@@ -1,8 +1,22 @@
-"""Resources shared by every domain."""
+"""Resources shared by every domain, and the retry policy of steps that talk to them."""
 
+from __future__ import annotations
+
+import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
+
+from mlsd_assets.core.data.batches import RawBatch
+from mlsd_assets.core.data.sources import CIFAR10_MD5, CIFAR10_URL, read_official_batch
+from mlsd_assets.settings import ALERT_WEBHOOK_ENV, REGISTRY_PASSWORD_ENV, REGISTRY_USERNAME_ENV, Settings
+
+if TYPE_CHECKING:
+    import docker
+
+# Steps that talk to an engine, a registry or a tracking server: their failures are often transient.
+TRANSIENT_RETRY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL)
 
 
 class DataPaths(dg.ConfigurableResource):
@@ -45,3 +59,89 @@ class DataPaths(dg.ConfigurableResource):
     @property
     def reports_dir(self) -> Path:
         return self.root_dir / "reports"
+
+
+class Cifar10Source(dg.ConfigurableResource):
+    """Where the official batches come from: "download" (canonical URL, md5-checked) or a local path
+    (see mlsd_assets.core.data.sources). `url`/`md5` exist for mirrors and for tests (a file:// archive)."""
+
+    location: str = "download"
+    url: str = CIFAR10_URL
+    md5: str = CIFAR10_MD5
+
+    def read(self, partition: str, downloads_dir: Path, log: logging.Logger) -> RawBatch:
+        return read_official_batch(self.location, partition, downloads_dir, log, url=self.url, md5=self.md5)
+
+
+class EngineUnavailableError(RuntimeError):
+    """No Docker engine answers: said plainly instead of pretending to build or run anything."""
+
+
+class DockerEngine(dg.ConfigurableResource):
+    """The engine images are built on and servers run on: `base_url`, or DOCKER_HOST (default socket).
+
+    `registry` is where `model_promotion` pushes a promoted image (e.g. a private Harbor project,
+    `harbor.example.com/mlsd`); the credentials are secrets and only ever come from dg.EnvVar.
+    """
+
+    base_url: str = ""
+    timeout_s: int = 600
+    registry: str = ""
+    registry_username: str = ""
+    registry_password: str = ""
+
+    def client(self) -> docker.DockerClient:
+        import docker  # docker.errors comes with it
+
+        where = self.base_url or docker.utils.kwargs_from_env().get("base_url") or "unix:///var/run/docker.sock"
+        try:
+            if self.base_url:
+                client = docker.DockerClient(base_url=self.base_url, version="auto", timeout=self.timeout_s)
+            else:
+                client = docker.from_env(timeout=self.timeout_s)
+            client.ping()
+        except docker.errors.DockerException as exc:
+            raise EngineUnavailableError(
+                f"no Docker engine answers at {where} (DOCKER_HOST or the DockerEngine base_url): {exc}. "
+                "Start one with `sudo docker/engine/prepare.sh` (see docker/engine/README.md) or point "
+                "DOCKER_HOST at a running engine."
+            ) from exc
+        return client
+
+    def auth_config(self) -> dict[str, str] | None:
+        if not self.registry_username:
+            return None
+        return {"username": self.registry_username, "password": self.registry_password}
+
+
+class AlertWebhook(dg.ConfigurableResource):
+    """Where failure alerts go: POSTs a short JSON alert; an empty `url` means alerts are only logged."""
+
+    url: str = ""
+    timeout_s: float = 10.0
+
+    def post(self, payload: dict[str, Any]) -> int:
+        import httpx
+
+        response = httpx.post(self.url, json=payload, headers={"User-Agent": "mlsd-alerts"}, timeout=self.timeout_s)
+        # Non-2xx raises: the sensor tick fails visibly instead of losing the alert.
+        response.raise_for_status()
+        return response.status_code
+
+
+def docker_engine(settings: Settings) -> DockerEngine:
+    """Bind registry secrets only when set: dg.EnvVar on an unset variable fails every run at config time."""
+    if not settings.registry_credentials_configured:
+        return DockerEngine(registry=settings.image_registry)
+    return DockerEngine(
+        registry=settings.image_registry,
+        registry_username=dg.EnvVar(REGISTRY_USERNAME_ENV),
+        registry_password=dg.EnvVar(REGISTRY_PASSWORD_ENV),
+    )
+
+
+def alert_webhook(settings: Settings) -> AlertWebhook:
+    """The webhook URL is a secret: bound through dg.EnvVar, and only when set (as for the registry)."""
+    if not settings.alert_webhook_configured:
+        return AlertWebhook()
+    return AlertWebhook(url=dg.EnvVar(ALERT_WEBHOOK_ENV))

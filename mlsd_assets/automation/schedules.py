@@ -9,9 +9,7 @@ from mlsd_assets.automation.lineage import (
     training_skip_reason,
     training_state,
 )
-
-# Minute and hour pinned: "* 0 * * *" would fire sixty times between 00:00 and 00:59.
-DEFAULT_TRAINING_CRON = "0 0 * * *"
+from mlsd_assets.settings import DEFAULT_TRAINING_CRON
 
 
 def build_training_schedule(

@@ -3,6 +3,8 @@
 import json
 import os
 import time
+from collections.abc import Iterable
+from typing import Any
 
 import dagster as dg
 
@@ -16,9 +18,9 @@ from mlsd_assets.automation.jobs import (
     training_job,
 )
 from mlsd_assets.automation.lineage import distrusted_split, runs_in_progress, training_busy, training_state
-from mlsd_assets.automation.resources import AlertWebhook, failure_payload
 from mlsd_assets.data.partitions import OFFICIAL_BATCHES, raw_batches
-from mlsd_assets.resources import DataPaths
+from mlsd_assets.resources import AlertWebhook, DataPaths
+from mlsd_assets.settings import DEFAULT_SENSOR_INTERVAL_S
 
 
 def _intake(
@@ -77,7 +79,9 @@ def _judge(drop: drops.Drop, paths: DataPaths, taken: set[str], timeout_s: float
     return verdict.reason, verdict.images
 
 
-def build_new_data_sensor(interval_s: int = 30, limits: drops.IntakeLimits | None = None) -> dg.SensorDefinition:
+def build_new_data_sensor(
+    interval_s: int = DEFAULT_SENSOR_INTERVAL_S, limits: drops.IntakeLimits | None = None
+) -> dg.SensorDefinition:
     @dg.sensor(
         name="new_data_sensor",
         job=ingestion_job,
@@ -125,7 +129,7 @@ def _valid_key(key: str) -> bool:
     return True
 
 
-def build_retraining_sensor(interval_s: int = 30) -> dg.SensorDefinition:
+def build_retraining_sensor(interval_s: int = DEFAULT_SENSOR_INTERVAL_S) -> dg.SensorDefinition:
     @dg.sensor(
         name="retraining_sensor",
         jobs=[split_job, training_job],
@@ -167,6 +171,39 @@ def build_retraining_sensor(interval_s: int = 30) -> dg.SensorDefinition:
     return retraining_sensor
 
 
+def step_errors(step_failures: Iterable[dg.DagsterEvent]) -> list[str]:
+    """`<step>: <message>` per failed step: the user's exception, not Dagster's "error occurred while
+    executing op" wrapper around it. Shared by the alert and the CLI."""
+    found = []
+    for event in step_failures:
+        error = event.event_specific_data.error if event.event_specific_data is not None else None
+        if error is None:
+            continue
+        while error.cause is not None:
+            error = error.cause
+        found.append(f"{event.step_key}: {error.message.strip()}")
+    return found
+
+
+def failure_payload(context: dg.RunFailureSensorContext) -> dict[str, Any]:
+    """Asset(s), run id, job and the first error: enough to triage from a chat message."""
+    run = context.dagster_run
+    step_failures = context.get_step_failure_events()
+    errors = step_errors(step_failures)
+    assets = sorted(key.to_user_string() for key in run.asset_selection or ())
+    if not assets:
+        assets = sorted({event.step_key for event in step_failures if event.step_key})
+    return {
+        "text": f"mlsd run failed: {run.job_name} ({run.run_id})",
+        "run_id": run.run_id,
+        "job": run.job_name,
+        "assets": assets,
+        "partition": run.tags.get("dagster/partition"),
+        "error": errors[0] if errors else (context.failure_event.message or "run failed"),
+        "failed_steps": [event.step_key for event in step_failures],
+    }
+
+
 @dg.run_failure_sensor(
     name="run_failure_alert_sensor",
     default_status=dg.DefaultSensorStatus.RUNNING,
@@ -179,5 +216,5 @@ def run_failure_alert_sensor(context: dg.RunFailureSensorContext, alerts: AlertW
         alerts.post(payload)
 
 
-def build_sensors(interval_s: int = 30) -> list[dg.SensorDefinition]:
+def build_sensors(interval_s: int = DEFAULT_SENSOR_INTERVAL_S) -> list[dg.SensorDefinition]:
     return [build_new_data_sensor(interval_s), build_retraining_sensor(interval_s), run_failure_alert_sensor]

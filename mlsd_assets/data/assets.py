@@ -11,8 +11,7 @@ from mlsd_assets.core.data.schemas import INDEX_SCHEMA
 from mlsd_assets.core.data.sources import find_drop, read_drop
 from mlsd_assets.core.data.splits import SPLITS, Cifar10Split
 from mlsd_assets.data.partitions import OFFICIAL_BATCHES, raw_batches
-from mlsd_assets.data.resources import Cifar10Source
-from mlsd_assets.resources import DataPaths
+from mlsd_assets.resources import Cifar10Source, DataPaths
 
 PREVIEW_ROWS = 20
 

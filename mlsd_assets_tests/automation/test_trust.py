@@ -18,10 +18,9 @@ from mlsd_assets.automation.trust import OVERRIDE_TAG
 from mlsd_assets.core.data.batches import RawBatch
 from mlsd_assets.data.assets import cifar10_split, raw_cifar10
 from mlsd_assets.data.partitions import OFFICIAL_BATCHES
-from mlsd_assets.data.resources import Cifar10Source
 from mlsd_assets.definitions import defs
 from mlsd_assets.io_manager import ArtifactIOManager
-from mlsd_assets.resources import DataPaths
+from mlsd_assets.resources import Cifar10Source, DataPaths
 from mlsd_assets.settings import load_settings
 from mlsd_assets.training.assets import cifar10_model
 from mlsd_assets.training.resources import MLflowTracking

@@ -7,9 +7,8 @@ import dagster as dg
 from mlsd_assets.data import checks
 from mlsd_assets.data.assets import cifar10_split, raw_cifar10
 from mlsd_assets.data.partitions import add_official_batches, raw_batches
-from mlsd_assets.data.resources import Cifar10Source
 from mlsd_assets.io_manager import ArtifactIOManager
-from mlsd_assets.resources import DataPaths
+from mlsd_assets.resources import Cifar10Source, DataPaths
 
 SPLIT_CHECKS = [c for c in vars(checks).values() if isinstance(c, dg.AssetChecksDefinition)]
 

@@ -11,9 +11,8 @@ from mlsd_assets.core.data.sources import SOURCE_ENV, SourceUnavailableError
 from mlsd_assets.core.data.splits import Cifar10Split
 from mlsd_assets.data.assets import raw_cifar10
 from mlsd_assets.data.partitions import OFFICIAL_BATCHES
-from mlsd_assets.data.resources import Cifar10Source
 from mlsd_assets.io_manager import ArtifactIOManager
-from mlsd_assets.resources import DataPaths
+from mlsd_assets.resources import Cifar10Source, DataPaths
 from mlsd_assets.settings import load_settings
 from mlsd_assets_tests.cifar_files import (
     tar_gz,

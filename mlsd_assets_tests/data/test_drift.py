@@ -7,9 +7,8 @@ import pytest
 from mlsd_assets.core.data.splits import Cifar10Split
 from mlsd_assets.data.assets import raw_cifar10
 from mlsd_assets.data.checks import check_raw_cifar10_drift
-from mlsd_assets.data.resources import Cifar10Source
 from mlsd_assets.io_manager import ArtifactIOManager
-from mlsd_assets.resources import DataPaths
+from mlsd_assets.resources import Cifar10Source, DataPaths
 from mlsd_assets_tests.cifar_files import write_pickle_batch
 from mlsd_assets_tests.synthetic import make_images, make_split
 

@@ -11,8 +11,7 @@ from mlsd_assets.core.data.splits import Cifar10Split
 from mlsd_assets.core.serving.artifacts import ServerImage
 from mlsd_assets.core.training.artifacts import OnnxModel
 from mlsd_assets.io_manager import ArtifactIOManager
-from mlsd_assets.resources import DataPaths
-from mlsd_assets.serving.resources import DockerEngine
+from mlsd_assets.resources import DataPaths, DockerEngine
 from mlsd_assets.training.resources import MLflowTracking
 from mlsd_assets_tests.core.serving.onnx_models import nearest_mean_weights, write_tiny_model
 from mlsd_assets_tests.synthetic import make_split

@@ -32,7 +32,6 @@ class Measurements:
     single_seconds: list[float]
     single_requests: int
     batched_images_per_s: float
-    errors: int
     server_metrics: dict[str, float]
     # Set when a champion answered the same single-image requests, interleaved with the challenger's.
     champion_predictions: np.ndarray | None = None
@@ -132,7 +131,6 @@ def measure_server(
         singles.seconds,
         single_requests,
         throughput,
-        0,
         metrics,
         champion_singles.predictions if champion_singles else None,
         champion_singles.seconds if champion_singles else None,

@@ -58,23 +58,27 @@ def preload_env(environ: Mapping[str, str]) -> dict[str, str] | None:
     return jemalloc_env(environ, library) if library else None
 
 
-def reexec_with_jemalloc() -> None:
-    """Replace this process by itself under jemalloc, once; no-op if disabled, missing or already active."""
-    env = preload_env(os.environ) if active_allocator() == "system" else None
+def reexec_with_jemalloc(environ: Mapping[str, str]) -> None:
+    """Replace this process by itself under jemalloc, once; no-op if disabled, missing or already active.
+
+    `environ` is the process environment (mlsd_assets.settings.environment(), the one place that reads it)."""
+    env = preload_env(environ) if active_allocator() == "system" else None
     if env is None:
         return
     argv = list(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
     os.execve(sys.executable, [sys.executable, *argv[1:]], env)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], environ: Mapping[str, str]) -> int:
     """`python -m mlsd_assets.core.platform.allocator CMD ARGS...`: exec CMD with jemalloc preloaded when installed."""
     if not argv:
         print("usage: python -m mlsd_assets.core.platform.allocator CMD [ARGS...]", file=sys.stderr)
         return 2
-    os.execvpe(argv[0], argv, preload_env(os.environ) or dict(os.environ))
+    os.execvpe(argv[0], argv, preload_env(environ) or dict(environ))
     return 127  # not reached: execvpe replaces the process or raises
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from mlsd_assets.settings import environment
+
+    sys.exit(main(sys.argv[1:], environment()))

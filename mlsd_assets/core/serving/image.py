@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -12,14 +13,19 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlsd_assets.core.platform.atomic import file_lock
+from mlsd_assets.core.serving.artifacts import ServerImage
 from mlsd_assets.core.serving.server import RUNTIME_REQUIREMENTS
 
 if TYPE_CHECKING:
     import docker
+    from mlsd_assets.core.training.artifacts import OnnxModel
+
+DEFAULT_BASE_IMAGE = "mlsd/python-base:bookworm"  # built offline by docker/engine/prepare.sh
 
 SERVER_PACKAGE = Path(__file__).parent / "server"
 DOCKERFILE = Path(__file__).parent / "Dockerfile"
@@ -201,3 +207,51 @@ def push_image(
     if not digest:
         raise ImageBuildError(f"push of {target} finished without a digest from the registry")
     return digest
+
+
+def image_labels(model: OnnxModel, model_sha256: str, base_image: str) -> dict[str, str]:
+    """Labels that make the image say which model it serves; evaluation checks them against its input."""
+    return {
+        "org.opencontainers.image.title": "mlsd CIFAR-10 inference server",
+        "org.opencontainers.image.version": model.registered_model_version,
+        "org.opencontainers.image.created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "org.opencontainers.image.base.name": base_image,
+        "mlsd.model_name": model.registered_model_name,
+        "mlsd.model_version": model.registered_model_version,
+        "mlsd.mlflow_run_id": model.mlflow_run_id,
+        "mlsd.model_sha256": model_sha256,
+        "mlsd.dataset_hash": model.metadata.get("mlsd.dataset_hash", ""),
+    }
+
+
+def build_server_image(
+    client: docker.DockerClient,
+    model: OnnxModel,
+    tag: str,
+    base_image: str,
+    wheelhouse_dir: Path,
+    builds_dir: Path,
+    log: logging.Logger,
+) -> ServerImage:
+    """The server image for `model`, built from a self-contained context under `builds_dir/contexts`, with
+    wheels from `wheelhouse_dir` (filled from PyPI once per pin set): the build itself needs no network."""
+    model_sha256 = hashlib.sha256(model.model_bytes).hexdigest()
+    wheelhouse = ensure_wheelhouse(wheelhouse_dir, host_pins(), log)
+    build_dir = builds_dir / "contexts" / re.sub(r"[^A-Za-z0-9_.-]+", "_", tag)
+    write_build_context(build_dir, model.model_bytes, wheelhouse)
+    log.info(f"building {tag} from {build_dir} on {client.api.base_url} (base {base_image})")
+    built = build_image(client, build_dir, tag, base_image, image_labels(model, model_sha256, base_image), log)
+    return ServerImage(
+        tag=tag,
+        image_id=built.image_id,
+        size_bytes=built.size_bytes,
+        base_image=base_image,
+        model_name=model.registered_model_name,
+        model_version=model.registered_model_version,
+        mlflow_run_id=model.mlflow_run_id,
+        model_sha256=model_sha256,
+        build_seconds=round(built.seconds, 1),
+        context_dir=str(build_dir),
+        engine=str(client.api.base_url),
+        built_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlsd_assets.serving.assets import DEFAULT_BASE_IMAGE
-from mlsd_assets.serving.resources import DockerEngine, EngineUnavailableError
+from mlsd_assets.core.serving.image import DEFAULT_BASE_IMAGE
+from mlsd_assets.resources import DockerEngine, EngineUnavailableError
 from mlsd_assets_tests.core.serving.onnx_models import nearest_mean_weights, write_tiny_model
 from mlsd_assets_tests.synthetic import make_split
 
