@@ -4,7 +4,15 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from mlsd_assets.automation.jobs import MODEL_ASSET, SPLIT_ASSET, split_job, training_job
+from mlsd_assets.automation.jobs import (
+    MODEL_ASSET,
+    RAW_ASSET,
+    SPLIT_ASSET,
+    TRAINING_TAGS,
+    ingestion_job,
+    split_job,
+    training_job,
+)
 from mlsd_assets.automation.trust import code_location_graph, distrust_reason, distrusted_inputs
 
 # Materialization metadata: the split's fingerprint, and the fingerprint of the split a model was trained on.
@@ -78,3 +86,37 @@ def distrusted_split(instance: dg.DagsterInstance, repository: dg.RepositoryDefi
     """Why the current cifar10_split must not be trained on (a blocking check failed or did not run), or None."""
     graph = repository.asset_graph if repository is not None else code_location_graph()
     return distrust_reason(distrusted_inputs(instance, graph, [SPLIT_ASSET]))
+
+
+def retraining_request(
+    instance: dg.DagsterInstance, repository: dg.RepositoryDefinition | None
+) -> dg.RunRequest | dg.SkipReason:
+    """What retraining_sensor asks for: once ingestion settles, a split when raw partitions are newer than it,
+    else training when the split's content hash is not the one the last model was trained on."""
+    pending = runs_in_progress(instance, ingestion_job.name)
+    if pending:
+        return dg.SkipReason(f"waiting for {pending} ingestion_job run(s) to finish")
+    busy = training_busy(instance)
+    if busy:
+        return dg.SkipReason(busy)
+    splits = instance.fetch_materializations(SPLIT_ASSET, limit=1, ascending=False).records
+    split = splits[0] if splits else None
+    newer = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=RAW_ASSET, after_storage_id=split.storage_id if split else None),
+        limit=1,
+        ascending=False,
+    ).records
+    if newer:
+        # Run keys make both requests idempotent: one split per raw state, one training per split hash.
+        return dg.RunRequest(job_name=split_job.name, run_key=f"split-after-{newer[0].storage_id}")
+    state = training_state(instance)
+    if not state.stale:
+        return dg.SkipReason("model is up to date with cifar10_split" if split else "no raw data yet")
+    distrust = distrusted_split(instance, repository)
+    if distrust:
+        return dg.SkipReason(distrust)
+    return dg.RunRequest(
+        job_name=training_job.name,
+        run_key=f"train-{state.split_hash}",
+        tags={**TRAINING_TAGS, "mlsd/dataset_hash": state.split_hash or ""},
+    )

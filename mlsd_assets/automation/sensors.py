@@ -11,13 +11,11 @@ import dagster as dg
 from mlsd_assets.automation import drops
 from mlsd_assets.automation.jobs import (
     RAW_ASSET,
-    SPLIT_ASSET,
-    TRAINING_TAGS,
     ingestion_job,
     split_job,
     training_job,
 )
-from mlsd_assets.automation.lineage import distrusted_split, runs_in_progress, training_busy, training_state
+from mlsd_assets.automation.lineage import retraining_request
 from mlsd_assets.data.partitions import OFFICIAL_BATCHES, raw_batches
 from mlsd_assets.resources import AlertWebhook, DataPaths
 from mlsd_assets.settings import DEFAULT_SENSOR_INTERVAL_S
@@ -139,34 +137,7 @@ def build_retraining_sensor(interval_s: int = DEFAULT_SENSOR_INTERVAL_S) -> dg.S
         "it, then trains when the split's content hash is not the one the last model was trained on.",
     )
     def retraining_sensor(context: dg.SensorEvaluationContext) -> dg.RunRequest | dg.SkipReason:
-        instance = context.instance
-        pending = runs_in_progress(instance, ingestion_job.name)
-        if pending:
-            return dg.SkipReason(f"waiting for {pending} ingestion_job run(s) to finish")
-        busy = training_busy(instance)
-        if busy:
-            return dg.SkipReason(busy)
-        splits = instance.fetch_materializations(SPLIT_ASSET, limit=1, ascending=False).records
-        split = splits[0] if splits else None
-        newer = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=RAW_ASSET, after_storage_id=split.storage_id if split else None),
-            limit=1,
-            ascending=False,
-        ).records
-        if newer:
-            # Run keys make both requests idempotent: one split per raw state, one training per split hash.
-            return dg.RunRequest(job_name=split_job.name, run_key=f"split-after-{newer[0].storage_id}")
-        state = training_state(instance)
-        distrust = distrusted_split(instance, context.repository_def) if state.stale else None
-        if distrust:
-            return dg.SkipReason(distrust)
-        if state.stale:
-            return dg.RunRequest(
-                job_name=training_job.name,
-                run_key=f"train-{state.split_hash}",
-                tags={**TRAINING_TAGS, "mlsd/dataset_hash": state.split_hash or ""},
-            )
-        return dg.SkipReason("model is up to date with cifar10_split" if split else "no raw data yet")
+        return retraining_request(context.instance, context.repository_def)
 
     return retraining_sensor
 
