@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from mlsd_assets.core.evaluation.promotion import IMAGE_ID_TAG, IMAGE_TAG_TAG
 from mlsd_assets.core.evaluation.report import EvaluationReport
 
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
 
     import docker
     from mlsd_assets.core.data.splits import Cifar10Split
+    from mlsd_assets.core.evaluation.measure import Measurements
     from mlsd_assets.core.serving.artifacts import ServerImage
     from mlsd_assets.core.serving.runtime import RunningServer
     from mlsd_assets.core.training.artifacts import OnnxModel
@@ -125,7 +128,6 @@ def evaluate(
     ONNX one, or EvaluationError is raised instead of a number reported. Writes report.json/.md and the PNG."""
     from mlsd_assets.core.evaluation.gate import compare_predictions
     from mlsd_assets.core.evaluation.measure import EvaluationError, measure_server, offline_predictions
-    from mlsd_assets.core.evaluation.report import classification_metrics, draw_confusion, latency_summary_ms
 
     images, labels = split.arrays("test")
     if len(images) == 0:
@@ -143,7 +145,6 @@ def evaluate(
         measured = measure_server(
             challenger.base_url, images, expected, requests.batch_size, single, log, champion_url, requests.seed
         )
-    accuracy, per_class, confusion = classification_metrics(labels, measured.predictions, model.classes)
     comparison = None
     if champion is not None and measured.champion_predictions is not None:
         comparison = compare_predictions(
@@ -155,24 +156,41 @@ def evaluate(
             str(champion.version),
             champion_source,
         ).to_dict()
+    return _write_report(model, image, challenger, labels, measured, requests.batch_size, comparison, out_dir)
+
+
+def _write_report(
+    model: OnnxModel,
+    image: ServerImage,
+    served: RunningServer,
+    labels: np.ndarray,
+    measured: Measurements,
+    batch_size: int,
+    comparison: dict | None,
+    out_dir: Path,
+) -> EvaluationReport:
+    """The figures, the confusion matrix as PNG, and the report as JSON and Markdown beside it."""
+    from mlsd_assets.core.evaluation.report import classification_metrics, draw_confusion, latency_summary_ms
+
+    accuracy, per_class, confusion = classification_metrics(labels, measured.predictions, model.classes)
     title = f"{model.registered_model_name} v{model.registered_model_version}"
     png = draw_confusion(confusion, model.classes, out_dir / "confusion_matrix.png", title)
     report = EvaluationReport(
         model_name=model.registered_model_name,
         model_version=model.registered_model_version,
         mlflow_run_id=model.mlflow_run_id,
-        runtime=challenger.runtime,
-        server=challenger.name,
+        runtime=served.runtime,
+        server=served.name,
         image_tag=image.tag,
         image_id=image.image_id,
         image_size_bytes=image.size_bytes,
-        test_images=len(images),
+        test_images=len(labels),
         accuracy=accuracy,
         per_class=per_class,
         confusion=confusion,
         latency_ms=latency_summary_ms(measured.single_seconds),
         single_requests=measured.single_requests,
-        batch_size=requests.batch_size,
+        batch_size=batch_size,
         batched_images_per_s=measured.batched_images_per_s,
         server_metrics=measured.server_metrics,
         comparison=comparison,
