@@ -7,14 +7,13 @@ reaches the registry as `<registry>/<repository>:v<N>` and `:champion` once its 
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
-from mlsd_assets.core.platform.atomic import atomic_path
+from mlsd_assets.core.platform.atomic import JsonFile
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -142,7 +141,7 @@ def publish(
 
 
 @dataclass(frozen=True)
-class Promotion:
+class Promotion(JsonFile):
     """One gate decision or rollback, as recorded: who holds `champion` afterwards and why."""
 
     action: str  # "promotion" | "rollback"
@@ -159,19 +158,9 @@ class Promotion:
     by: str = ""
     at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
-    suffix: ClassVar[str] = ".json"
-
     @property
     def promoted(self) -> bool:
         return self.champion_after == self.candidate_version
-
-    def save(self, path: Path) -> None:
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(asdict(self), indent=2))
-
-    @classmethod
-    def load(cls, path: Path) -> Promotion:
-        return cls(**json.loads(path.read_text()))
 
 
 def record(client: MlflowClient, promotion: Promotion) -> None:

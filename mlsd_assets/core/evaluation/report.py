@@ -5,14 +5,13 @@ Light (numpy, json): the class is an annotation in the code location; matplotlib
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
-from mlsd_assets.core.platform.atomic import atomic_path
+from mlsd_assets.core.platform.atomic import JsonFile, atomic_path
 
 
 def classification_metrics(
@@ -66,7 +65,7 @@ def draw_confusion(confusion: list[list[int]], classes: list[str], path: Path, t
 
 
 @dataclass(frozen=True)
-class EvaluationReport:
+class EvaluationReport(JsonFile):
     """What the gate compares and people read; `runtime` says whether a real container was measured."""
 
     model_name: str
@@ -92,21 +91,10 @@ class EvaluationReport:
     # Side by side with the champion (mlsd_assets.core.evaluation.gate.Comparison as a dict); None without one.
     comparison: dict[str, Any] | None = None
 
-    suffix: ClassVar[str] = ".json"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def save(self, path: Path) -> None:
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(self.to_dict(), indent=2))
-
     @classmethod
-    def load(cls, path: Path) -> EvaluationReport:
-        data = json.loads(path.read_text())
-        for constant in ("errors", "parity_images", "parity_mismatches"):  # reports written before they went
-            data.pop(constant, None)
-        return cls(**data)
+    def fields_from(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Reports written before the always-constant `errors` and `parity_*` fields went still load."""
+        return {k: v for k, v in data.items() if k not in ("errors", "parity_images", "parity_mismatches")}
 
     def markdown(self) -> str:
         where = (

@@ -7,7 +7,9 @@ kernel, so it is released whatever way the writer dies, and no pid has to be gue
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
+import json
 import logging
 import os
 import tempfile
@@ -15,6 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, ClassVar, Self
 
 TEMP_SUFFIX = ".tmp"
 STALE_AFTER_S = 300.0  # also covers the instant between a writer's mkstemp and its flock
@@ -78,3 +81,22 @@ def file_lock(lock_file: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class JsonFile:
+    """For a dataclass stored as one JSON file, written atomically (the IO manager's suffix/save/load)."""
+
+    suffix: ClassVar[str] = ".json"
+
+    def save(self, path: Path) -> None:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(dataclasses.asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> Self:
+        return cls(**cls.fields_from(json.loads(path.read_text())))
+
+    @classmethod
+    def fields_from(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """The stored fields as the constructor takes them (override to read files of an older shape)."""
+        return data

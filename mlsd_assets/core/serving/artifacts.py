@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import ClassVar
+from dataclasses import dataclass
 
-from mlsd_assets.core.platform.atomic import atomic_path
+from mlsd_assets.core.platform.atomic import JsonFile
 
 
 @dataclass(frozen=True)
-class ServerImage:
+class ServerImage(JsonFile):
     """A Docker image serving one model version, as built by `inference_server_image` (never pushed there)."""
 
     tag: str
@@ -26,13 +23,3 @@ class ServerImage:
     context_dir: str
     engine: str
     built_at: str
-
-    suffix: ClassVar[str] = ".json"
-
-    def save(self, path: Path) -> None:
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(asdict(self), indent=2))
-
-    @classmethod
-    def load(cls, path: Path) -> ServerImage:
-        return cls(**json.loads(path.read_text()))
