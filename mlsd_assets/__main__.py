@@ -15,9 +15,10 @@ from pathlib import Path
 import dagster as dg
 
 from mlsd_assets.automation.jobs import ingestion_job, rollback_job, split_job, training_job
+from mlsd_assets.automation.partitions import add_official_batches
 from mlsd_assets.automation.sensors import step_errors
+from mlsd_assets.core.data.batches import OFFICIAL_BATCHES
 from mlsd_assets.core.platform.allocator import reexec_with_jemalloc
-from mlsd_assets.data.partitions import OFFICIAL_BATCHES, add_official_batches
 from mlsd_assets.settings import environment, load_settings
 
 ORDER = (

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mlsd_assets.core.data.batches import CIFAR10_CLASSES
-from mlsd_assets.data.partitions import OFFICIAL_BATCHES
+from mlsd_assets.core.data.batches import CIFAR10_CLASSES, OFFICIAL_BATCHES
 from mlsd_assets_tests.synthetic import make_images
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from mlsd_assets.data.partitions import OFFICIAL_BATCHES
+from mlsd_assets.core.data.batches import OFFICIAL_BATCHES
 from mlsd_assets_tests.cifar_files import write_cifar_python_tarball
 
 REPO = Path(__file__).resolve().parents[1]

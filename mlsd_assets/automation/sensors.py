@@ -16,7 +16,8 @@ from mlsd_assets.automation.jobs import (
     training_job,
 )
 from mlsd_assets.automation.lineage import retraining_request
-from mlsd_assets.data.partitions import OFFICIAL_BATCHES, raw_batches
+from mlsd_assets.automation.partitions import raw_batches
+from mlsd_assets.core.data.batches import OFFICIAL_BATCHES
 from mlsd_assets.resources import AlertWebhook, DataPaths
 from mlsd_assets.settings import DEFAULT_SENSOR_INTERVAL_S
 

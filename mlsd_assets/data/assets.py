@@ -4,13 +4,13 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from mlsd_assets.automation.partitions import raw_batches
 from mlsd_assets.automation.trust import require_trusted_inputs
-from mlsd_assets.core.data.batches import CIFAR10_CLASSES, RawBatch
+from mlsd_assets.core.data.batches import CIFAR10_CLASSES, OFFICIAL_BATCHES, RawBatch
 from mlsd_assets.core.data.cleaning import NEAR_DUPLICATE_DISTANCE, build_split
 from mlsd_assets.core.data.schemas import INDEX_SCHEMA
 from mlsd_assets.core.data.sources import find_drop, read_drop
 from mlsd_assets.core.data.splits import SPLITS, Cifar10Split
-from mlsd_assets.data.partitions import OFFICIAL_BATCHES, raw_batches
 from mlsd_assets.resources import Cifar10Source, DataPaths
 
 PREVIEW_ROWS = 20

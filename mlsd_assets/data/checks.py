@@ -6,7 +6,8 @@ import pandas as pd
 import pandera.pandas as pa
 from pydantic import Field
 
-from mlsd_assets.core.data.batches import RawBatch, image_hashes, image_signatures, within
+from mlsd_assets.automation.partitions import raw_batches
+from mlsd_assets.core.data.batches import OFFICIAL_TRAIN_BATCHES, RawBatch, image_hashes, image_signatures, within
 from mlsd_assets.core.data.cleaning import NEAR_DUPLICATE_DISTANCE
 from mlsd_assets.core.data.drift import CHANNELS, DriftLimits, Reference, batches_reference, compare, split_reference
 from mlsd_assets.core.data.schemas import (
@@ -23,7 +24,6 @@ from mlsd_assets.core.data.schemas import (
 )
 from mlsd_assets.core.data.splits import Cifar10Split
 from mlsd_assets.data.assets import cifar10_split, table
-from mlsd_assets.data.partitions import OFFICIAL_TRAIN_BATCHES, raw_batches
 from mlsd_assets.io_manager import ArtifactIOManager
 
 MAX_FAILURE_ROWS = 20

@@ -6,8 +6,8 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
 )
 
 from mlsd_assets.automation.jobs import SPLIT_ASSET
+from mlsd_assets.automation.partitions import raw_batches
 from mlsd_assets.automation.trust import code_location_graph
-from mlsd_assets.data.partitions import raw_batches
 
 
 def report_split(instance: dg.DagsterInstance, content_hash: str, checks_pass: bool | None = True) -> None:

@@ -15,9 +15,8 @@ from mlsd_assets.automation.jobs import MODEL_ASSET
 from mlsd_assets.automation.schedules import build_training_schedule
 from mlsd_assets.automation.sensors import build_retraining_sensor
 from mlsd_assets.automation.trust import OVERRIDE_TAG
-from mlsd_assets.core.data.batches import RawBatch
+from mlsd_assets.core.data.batches import OFFICIAL_BATCHES, RawBatch
 from mlsd_assets.data.assets import cifar10_split, raw_cifar10
-from mlsd_assets.data.partitions import OFFICIAL_BATCHES
 from mlsd_assets.definitions import defs
 from mlsd_assets.io_manager import ArtifactIOManager
 from mlsd_assets.resources import Cifar10Source, DataPaths

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import dagster as dg
 
+from mlsd_assets.automation.partitions import add_official_batches, raw_batches
 from mlsd_assets.data import checks
 from mlsd_assets.data.assets import cifar10_split, raw_cifar10
-from mlsd_assets.data.partitions import add_official_batches, raw_batches
 from mlsd_assets.io_manager import ArtifactIOManager
 from mlsd_assets.resources import Cifar10Source, DataPaths
 

@@ -6,11 +6,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from mlsd_assets.core.data.batches import RawBatch
+from mlsd_assets.core.data.batches import OFFICIAL_BATCHES, RawBatch
 from mlsd_assets.core.data.sources import SOURCE_ENV, SourceUnavailableError
 from mlsd_assets.core.data.splits import Cifar10Split
 from mlsd_assets.data.assets import raw_cifar10
-from mlsd_assets.data.partitions import OFFICIAL_BATCHES
 from mlsd_assets.io_manager import ArtifactIOManager
 from mlsd_assets.resources import Cifar10Source, DataPaths
 from mlsd_assets.settings import load_settings

@@ -15,8 +15,8 @@ import dagster as dg
 import pytest
 import yaml
 
+from mlsd_assets.automation.partitions import add_official_batches
 from mlsd_assets.core.serving.runtime import free_port
-from mlsd_assets.data.partitions import add_official_batches
 from mlsd_assets_tests.cifar_files import write_cifar_python_tarball
 from mlsd_assets_tests.deployment.instance import code_server_args, deployment_instance_config, write_dagster_home
 from mlsd_assets_tests.deployment.postgres import PostgresServer

@@ -2,15 +2,7 @@
 
 import dagster as dg
 
-from mlsd_assets.core.data.batches import OFFICIAL_BATCHES, OFFICIAL_TEST_BATCH, OFFICIAL_TRAIN_BATCHES
-
-__all__ = [
-    "OFFICIAL_BATCHES",
-    "OFFICIAL_TEST_BATCH",
-    "OFFICIAL_TRAIN_BATCHES",
-    "raw_batches",
-    "add_official_batches",
-]
+from mlsd_assets.core.data.batches import OFFICIAL_BATCHES
 
 raw_batches = dg.DynamicPartitionsDefinition(name="cifar10_batches")
 
