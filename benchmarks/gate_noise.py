@@ -39,7 +39,8 @@ def quick_model(data: Path, cache: Path, epochs: int, log: logging.Logger) -> by
 
     from mlsd_assets.core.data.batches import CIFAR10_CLASSES
     from mlsd_assets.core.serving.export import contract_metadata, export_onnx
-    from mlsd_assets.core.training.train import recipe_config, train
+    from mlsd_assets.core.training.recipes import recipe_config
+    from mlsd_assets.core.training.train import TrainData, train
 
     arrays = load_official(data, cache, log)
     x_train, y_train = arrays["train"]
@@ -47,7 +48,8 @@ def quick_model(data: Path, cache: Path, epochs: int, log: logging.Logger) -> by
     mean = tuple(float(v) for v in (x_train / 255.0).mean(axis=(0, 1, 2)))
     std = tuple(float(v) for v in (x_train / 255.0).std(axis=(0, 1, 2)))
     config = recipe_config("fast", epochs=epochs, threads=os.cpu_count() or 1)
-    result = train(x_train, y_train, x_test[:1000], y_test[:1000], mean, std, config, log, select="last")
+    held_out = TrainData(x_train, y_train, x_test[:1000], y_test[:1000], mean, std)  # type: ignore[arg-type]
+    result = train(held_out, config, log, select="last")
     meta = contract_metadata(
         classes=CIFAR10_CLASSES,
         mean=mean,

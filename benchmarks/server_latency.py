@@ -66,9 +66,9 @@ def untrained_model(architecture: str, flip_tta: bool | None = None) -> bytes:
     from mlsd_assets.core.data.batches import CIFAR10_CLASSES
     from mlsd_assets.core.serving.export import contract_metadata, export_onnx
     from mlsd_assets.core.training.models import InferenceModel, build_model
-    from mlsd_assets.core.training.train import default_config
+    from mlsd_assets.core.training.recipes import recipe_config
 
-    config = default_config(architecture)
+    config = recipe_config(architecture=architecture)
     tta = config.flip_tta if flip_tta is None else flip_tta
     net = build_model(architecture, config.widths if architecture == "airbench" else None)
     model = InferenceModel(net, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26), flip_tta=tta).eval()

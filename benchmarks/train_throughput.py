@@ -61,13 +61,15 @@ def main() -> int:
 
     from mlsd_assets.core.platform.env_info import cpu_info
     from mlsd_assets.core.training.budget import measure_throughput
-    from mlsd_assets.core.training.train import recipe_config
+    from mlsd_assets.core.training.recipes import recipe_config
+    from mlsd_assets.core.training.train import TrainData
 
     data = load_official(args.data, args.cache, log)
     x, y = data["train"]
-    xv = data["test"][0][:1000]
+    xv, yv = data["test"][0][:1000], data["test"][1][:1000]
     mean = tuple(float(v) for v in (x[:5000] / 255.0).mean(axis=(0, 1, 2)))
     std = tuple(float(v) for v in (x[:5000] / 255.0).std(axis=(0, 1, 2)))
+    arrays = TrainData(x, y, xv, yv, mean, std)  # type: ignore[arg-type]
     base = recipe_config(args.preset, threads=os.cpu_count() or 1)
     variants = [parse_variant(v, base) for v in args.variant or DEFAULT_VARIANTS]
     speeds: dict[str, list[float]] = {name: [] for name, _ in variants}
@@ -75,7 +77,7 @@ def main() -> int:
     for r in range(args.rounds):
         for name, overrides in variants:
             config = dataclasses.replace(base, **overrides)
-            probe = measure_throughput(config, x, y, xv, mean, std, log)
+            probe = measure_throughput(config, arrays, log)
             speeds[name].append(probe.train_images_per_second)
             precisions[name] = probe.precision
             print(f"round {r + 1} {name:<16} {probe.train_images_per_second:7.0f} img/s", flush=True)

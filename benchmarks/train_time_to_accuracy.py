@@ -45,7 +45,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/mlsd-bench"))
-    parser.add_argument("--preset", default="fast", help="a recipe of mlsd_assets.core.training.train.RECIPES")
+    parser.add_argument("--preset", default="fast", help="a recipe of mlsd_assets.core.training.recipes.RECIPES")
     parser.add_argument(
         "--reference", default="sgd", help="recipe to compare against in the same run ('none': only --preset)"
     )
@@ -70,7 +70,8 @@ def main() -> int:
 
     import torch
 
-    from mlsd_assets.core.training.train import TrainConfig, recipe_config, train
+    from mlsd_assets.core.training.recipes import TrainConfig, recipe_config
+    from mlsd_assets.core.training.train import TrainData, train
 
     overrides: dict[str, object] = {}
     for name in ("epochs", "batch_size", "lr", "precision"):
@@ -126,7 +127,8 @@ def main() -> int:
             )
 
         wall = time.perf_counter()
-        result = train(x_train, y_train, x_test, y_test, mean, std, config, log, on_epoch=on_epoch, select="last")
+        arrays = TrainData(x_train, y_train, x_test, y_test, mean, std)  # type: ignore[arg-type]
+        result = train(arrays, config, log, on_epoch=on_epoch, select="last")
         wall = time.perf_counter() - wall
         images = sum(len(y_train) // config.batch_size * config.batch_size for _ in result.history)
         accuracy = result.validation["accuracy"]

@@ -60,27 +60,17 @@ def load_split(data: Path, work: Path, log: logging.Logger):  # noqa: ANN201
 
 def train_budgeted(config, split, minutes: float, log: logging.Logger) -> tuple[float, float, float, int]:  # noqa: ANN001
     """As `cifar10_model` trains: probe, plan, train with re-sizing; returns val acc, test acc, seconds, steps."""
-    from mlsd_assets.core.training.budget import budgeted, measure_throughput, plan_budget
-    from mlsd_assets.core.training.train import evaluate, train
+    from mlsd_assets.core.training.budget import TimeBudget, budgeted, measure_throughput, plan_budget
+    from mlsd_assets.core.training.steps import evaluate
+    from mlsd_assets.core.training.train import TrainData, train
 
-    started = time.perf_counter()
-    budget = minutes * 60
-    (x_train, y_train), (x_val, y_val) = split.arrays("train"), split.arrays("validation")
-    probe = measure_throughput(config, x_train, y_train, x_val, split.mean, split.std, log)
-    plan = plan_budget(budget, probe, len(y_train), len(y_val), config.batch_size)
-    result = train(
-        x_train,
-        y_train,
-        x_val,
-        y_val,
-        split.mean,
-        split.std,
-        budgeted(config, plan),
-        log,
-        time_budget_s=budget - (time.perf_counter() - started),
-        eval_seconds_hint=len(y_val) / probe.eval_images_per_second,
-    )
-    seconds = time.perf_counter() - started
+    budget = TimeBudget(minutes * 60)
+    data = TrainData.from_split(split)
+    probe = measure_throughput(config, data, log)
+    plan = plan_budget(budget.seconds, probe, len(data.train_labels), len(data.val_labels), config.batch_size)
+    budget.eval_seconds_hint = len(data.val_labels) / probe.eval_images_per_second
+    result = train(data, budgeted(config, plan), log, budget=budget)
+    seconds = time.perf_counter() - budget.started
     x_test, y_test = split.arrays("test")  # measured once, after selection on validation
     test = evaluate(result.model, x_test, y_test)
     return result.validation["accuracy"], test["accuracy"], seconds, result.steps
@@ -121,7 +111,7 @@ def main() -> int:
     wall = time.perf_counter()
 
     from mlsd_assets.core.platform.env_info import cpu_info
-    from mlsd_assets.core.training.train import recipe_config
+    from mlsd_assets.core.training.recipes import recipe_config
     from mlsd_assets.core.tuning.space import SearchSpace
     from mlsd_assets.core.tuning.study import StudySettings, open_study, run_study, study_name, tuning_data
 

@@ -10,12 +10,11 @@ from mlsd_assets.data import checks as data_checks
 from mlsd_assets.evaluation import assets as evaluation_assets
 from mlsd_assets.evaluation import checks as evaluation_checks
 from mlsd_assets.io_manager import ArtifactIOManager
-from mlsd_assets.resources import Cifar10Source, DataPaths, alert_webhook, docker_engine
+from mlsd_assets.resources import Cifar10Source, DataPaths, MLflowTracking, alert_webhook, docker_engine
 from mlsd_assets.serving import assets as serving_assets
 from mlsd_assets.settings import load_settings
 from mlsd_assets.training import assets as training_assets
 from mlsd_assets.training import checks as training_checks
-from mlsd_assets.training.resources import MLflowTracking
 from mlsd_assets.tuning import assets as tuning_assets
 from mlsd_assets.tuning.resources import tuning_storage
 

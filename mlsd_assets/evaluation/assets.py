@@ -11,8 +11,7 @@ from mlsd_assets.core.evaluation.promotion import Promotion
 from mlsd_assets.core.evaluation.report import EvaluationReport
 from mlsd_assets.core.serving.artifacts import ServerImage
 from mlsd_assets.core.training.artifacts import OnnxModel
-from mlsd_assets.resources import TRANSIENT_RETRY, DataPaths, DockerEngine
-from mlsd_assets.training.resources import MLflowTracking
+from mlsd_assets.resources import TRANSIENT_RETRY, DataPaths, DockerEngine, MLflowTracking
 
 
 class EvaluationConfig(dg.Config):

@@ -4,7 +4,7 @@ import hashlib
 import io
 import json
 import shutil
-import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import dagster as dg
@@ -13,15 +13,17 @@ from mlsd_assets.automation.trust import require_trusted_inputs
 from mlsd_assets.core.data.batches import CIFAR10_CLASSES
 from mlsd_assets.core.data.splits import Cifar10Split
 from mlsd_assets.core.training.artifacts import META_PREFIX, OnnxModel, TrainedModel
-from mlsd_assets.resources import DataPaths
+from mlsd_assets.resources import DAGSTER_RUN_TAG, DataPaths, MLflowTracking
 from mlsd_assets.training import tracking
 from mlsd_assets.training.config import ModelConfig
-from mlsd_assets.training.resources import DAGSTER_RUN_TAG, MLflowTracking
 from mlsd_assets.tuning.assets import tuned_config
 
 if TYPE_CHECKING:
+    from mlflow.models.model import ModelInfo
+
     from mlsd_assets.core.serving.graph import Choice
-    from mlsd_assets.core.training.train import EpochStats, TrainConfig
+    from mlsd_assets.core.training.recipes import TrainConfig
+    from mlsd_assets.core.training.train import TrainResult
 
 
 def split_source(context: dg.AssetExecutionContext) -> str:
@@ -29,37 +31,6 @@ def split_source(context: dg.AssetExecutionContext) -> str:
     event = context.instance.get_latest_materialization_event(dg.AssetKey("cifar10_split"))
     path = event.asset_materialization.metadata.get("path") if event and event.asset_materialization else None
     return str(path.value) if path is not None else "cifar10_split"
-
-
-def sized_config(
-    context: dg.AssetExecutionContext,
-    config: "TrainConfig",
-    budget_s: float | None,
-    previous: dict | None,
-    split: Cifar10Split,
-    mlflow: MLflowTracking,
-    run_id: str,
-) -> tuple["TrainConfig", float]:
-    """`config` as asked, or sized to the time budget: by a throughput probe, or as the checkpoint was; and
-    the probe's estimate of one validation pass in seconds (0 without a probe)."""
-    import dataclasses
-
-    from mlsd_assets.core.training.budget import budgeted, measure_throughput, plan_budget
-
-    if budget_s is None:
-        return config, 0.0
-    if previous is not None:
-        planned = previous["config"]
-        return dataclasses.replace(config, epochs=planned["epochs"], max_steps=planned["max_steps"]), 0.0
-    (x_train, y_train), (x_val, _) = split.arrays("train"), split.arrays("validation")
-    probe = measure_throughput(config, x_train, y_train, x_val, split.mean, split.std, context.log)
-    plan = plan_budget(budget_s, probe, len(x_train), len(x_val), config.batch_size)
-    context.log.info(
-        f"time budget {budget_s / 60:.1f} min: {plan.steps} steps ({plan.steps / plan.steps_per_epoch:.2f}"
-        f" epochs), estimated {plan.expected_seconds:.0f}s"
-    )
-    tracking.log_budget(mlflow, run_id, probe, plan)
-    return budgeted(config, plan), len(x_val) / probe.eval_images_per_second
 
 
 def checkpoint_key(hyperparameters: dict[str, object], dataset_hash: str) -> str:
@@ -79,123 +50,97 @@ def cifar10_model(
     """Trains on the train split, selects the epoch by validation accuracy (test is never read here), logs the
     run to MLflow and registers the model. Resumes from the per-epoch checkpoint of an interrupted attempt."""
     overrides = require_trusted_inputs(context)  # the split's blocking checks passed, or an operator overrode them
-    import torch
-
     from mlsd_assets.core.platform.env_info import environment
-    from mlsd_assets.core.platform.pictures import markdown_image
     from mlsd_assets.core.training.curves import plot_curves
-    from mlsd_assets.core.training.train import read_checkpoint, train
+    from mlsd_assets.core.training.train import TrainData, read_checkpoint, train
 
-    base_config, budget_s = config.train_config(), config.budget_seconds()
+    asked, budget_s, data = config.train_config(), config.budget_seconds(), TrainData.from_split(cifar10_split)
     tuned: dict[str, str] = {}
     if config.use_tuned:  # the last cifar10_tuning's best trial, read from the instance; none: fails here
-        base_config, tuned = tuned_config(context, base_config, cifar10_split.content_hash)
-    x_train, y_train = cifar10_split.arrays("train")
-    x_val, y_val = cifar10_split.arrays("validation")
-    for name, labels in (("train", y_train), ("validation", y_val)):
-        if len(labels) == 0:
-            raise ValueError(f"cifar10_split: the {name} split is empty; cannot train")
-
+        asked, tuned = tuned_config(context, asked, cifar10_split.content_hash)
     # Keyed on the config as asked (budget, not the planned steps) so a re-launch finds the checkpoint.
-    key = checkpoint_key({**base_config.hyperparameters(), "time_budget_s": budget_s}, cifar10_split.content_hash)
-    ckpt_dir = paths.checkpoints_dir / key
+    ckpt_dir = paths.checkpoints_dir / checkpoint_key(
+        {**asked.hyperparameters(), "time_budget_s": budget_s}, cifar10_split.content_hash
+    )
     previous = read_checkpoint(ckpt_dir)
-    resume_run = (previous or {}).get("extra", {}).get("mlflow_run_id")
-    tags = {
-        DAGSTER_RUN_TAG: context.run.run_id,
-        "dagster.asset": "cifar10_model",
-        "architecture": base_config.architecture,
-        "dataset.content_hash": cifar10_split.content_hash,
-        **overrides,
-        **tuned,
-    }
-    run_id = mlflow.start_run(f"{base_config.architecture}-{context.run.run_id[:8]}", tags, resume_run)
-    if previous is not None:
-        context.log.info(f"checkpoint {ckpt_dir} holds epoch {previous['epoch']}; MLflow run {run_id}")
-
-    def on_epoch(stats: "EpochStats") -> None:
-        context.log.info(
-            f"epoch {stats.epoch}/{stats.epochs}: train loss {stats.train_loss:.4f}"
-            f" acc {stats.train_accuracy:.4f} | val loss {stats.val_loss:.4f} acc {stats.val_accuracy:.4f}"
-            f" | {stats.images_per_second:.0f} img/s"
-            f" | {stats.epoch_seconds:.1f}s, ETA {stats.eta_seconds:.0f}s"
-        )
-        tracking.log_epoch(mlflow, run_id, stats)
-
-    try:
+    tags = {DAGSTER_RUN_TAG: context.run.run_id, "dagster.asset": "cifar10_model", **overrides, **tuned}
+    tags |= {"architecture": asked.architecture, "dataset.content_hash": cifar10_split.content_hash}
+    resume = (previous or {}).get("extra", {}).get("mlflow_run_id")
+    with mlflow.run(f"{asked.architecture}-{context.run.run_id[:8]}", tags, resume) as run_id:
         with tracking.system_metrics(mlflow, run_id):
-            started = time.perf_counter()
-            train_config, eval_seconds = sized_config(
-                context, base_config, budget_s, previous, cifar10_split, mlflow, run_id
-            )
+            train_config, budget = tracking.sized_config(mlflow, run_id, asked, data, budget_s, previous, context.log)
             tracking.log_setup(mlflow, run_id, train_config, cifar10_split, environment())
             tracking.log_dataset(mlflow, run_id, cifar10_split, split_source(context))
+            on_epoch, extra = tracking.epoch_logger(mlflow, run_id), {"mlflow_run_id": run_id}
             result = train(
-                x_train,
-                y_train,
-                x_val,
-                y_val,
-                cifar10_split.mean,
-                cifar10_split.std,
+                data,
                 train_config,
                 context.log,
                 checkpoint_dir=ckpt_dir,
                 on_epoch=on_epoch,
-                checkpoint_extra={"mlflow_run_id": run_id},
-                # re-sized after each epoch to end on time; a resumed run keeps its checkpoint's plan
-                time_budget_s=budget_s - (time.perf_counter() - started) if budget_s and not previous else None,
-                eval_seconds_hint=eval_seconds,
+                checkpoint_extra=extra,
+                budget=budget,
             )
-        title = f"{train_config.architecture} on dataset {cifar10_split.content_hash[:12]}"
         out_dir = paths.reports_dir / "training" / run_id
-        out_dir.mkdir(parents=True, exist_ok=True)
-        curves = plot_curves(result.history, out_dir / "training_curves.png", title) if result.history else None
+        curves = plot_curves(result.history, out_dir / "training_curves.png", _title(train_config, cifar10_split))
         info = tracking.log_result(mlflow, run_id, result, curves)
-    except BaseException:
-        mlflow.client().set_terminated(run_id, "FAILED")
-        raise
-    mlflow.client().set_terminated(run_id, "FINISHED")
     shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the model lives in MLflow and the artifact store
-    hyperparameters = train_config.hyperparameters()
+    model = trained_model(result, train_config, cifar10_split, mlflow.registered_model_name, info)
+    context.add_output_metadata(_model_metadata(model, result, budget_s, curves, mlflow.run_url(run_id)))
+    return model
+
+
+def _title(config: "TrainConfig", split: Cifar10Split) -> str:
+    return f"{config.architecture} on dataset {split.content_hash[:12]}"
+
+
+def _model_metadata(
+    model: TrainedModel, result: "TrainResult", budget_s: float | None, curves: Path, run_url: str
+) -> dict[str, object]:
+    from mlsd_assets.core.platform.pictures import markdown_image
+
+    return {
+        "mlflow_run_id": model.mlflow_run_id,
+        "mlflow_run_url": dg.MetadataValue.url(run_url),
+        "registered_model": f"{model.registered_model_name} v{model.registered_model_version}",
+        "architecture": model.architecture,
+        "val_accuracy": result.validation["accuracy"],
+        "val_loss": result.validation["loss"],
+        "best_epoch": result.best_epoch,
+        "epochs": len(result.history),
+        "steps": result.steps,
+        "time_budget_minutes": round(budget_s / 60, 2) if budget_s else "none (epochs fixed)",
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "train_seconds": round(result.train_seconds, 1),
+        "images_per_second": round(result.history[-1].images_per_second, 1),
+        "precision": result.precision,
+        "dataset_hash": model.dataset_hash,
+        "hyperparameters": dg.MetadataValue.json(model.hyperparameters),
+        "training_curves": dg.MetadataValue.md(markdown_image(curves, "training curves")),
+    }
+
+
+def trained_model(
+    result: "TrainResult", train_config: "TrainConfig", split: Cifar10Split, registered_as: str, info: "ModelInfo"
+) -> TrainedModel:
+    """The asset's value: the selected weights and how they were made, as registered in MLflow."""
+    import torch
 
     buffer = io.BytesIO()
     torch.save(result.model.state_dict(), buffer)
-    version = str(info.registered_model_version)
-    url = mlflow.run_url(run_id)
-    context.add_output_metadata(
-        {
-            "mlflow_run_id": run_id,
-            "mlflow_run_url": dg.MetadataValue.url(url),
-            "registered_model": f"{mlflow.registered_model_name} v{version}",
-            "architecture": train_config.architecture,
-            "val_accuracy": result.validation["accuracy"],
-            "val_loss": result.validation["loss"],
-            "best_epoch": result.best_epoch,
-            "epochs": len(result.history),
-            "steps": result.steps,
-            "time_budget_minutes": round(budget_s / 60, 2) if budget_s else "none (epochs fixed)",
-            "resumed_from_epoch": result.resumed_from_epoch,
-            "train_seconds": round(result.train_seconds, 1),
-            "images_per_second": round(result.history[-1].images_per_second, 1) if result.history else 0.0,
-            "precision": result.precision,
-            "dataset_hash": cifar10_split.content_hash,
-            "hyperparameters": dg.MetadataValue.json(hyperparameters),
-            **({"training_curves": dg.MetadataValue.md(markdown_image(curves, "training curves"))} if curves else {}),
-        }
-    )
     return TrainedModel(
         architecture=train_config.architecture,
-        hyperparameters=hyperparameters,
+        hyperparameters=train_config.hyperparameters(),
         state_dict_bytes=buffer.getvalue(),
-        mean=cifar10_split.mean,
-        std=cifar10_split.std,
+        mean=split.mean,
+        std=split.std,
         classes=CIFAR10_CLASSES,
         validation_metrics={k: float(v) for k, v in result.validation.items()},
-        dataset_hash=cifar10_split.content_hash,
-        partitions=tuple(cifar10_split.partitions),
-        mlflow_run_id=run_id,
-        registered_model_name=mlflow.registered_model_name,
-        registered_model_version=version,
+        dataset_hash=split.content_hash,
+        partitions=tuple(split.partitions),
+        mlflow_run_id=info.run_id,
+        registered_model_name=registered_as,
+        registered_model_version=str(info.registered_model_version),
         best_epoch=result.best_epoch,
         extra={"mlflow_model_uri": info.model_uri, "precision": result.precision},
     )

@@ -8,7 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 if TYPE_CHECKING:
-    from mlsd_assets.core.training.train import TrainConfig
+    from mlsd_assets.core.training.recipes import TrainConfig
 
 
 # Training minutes by default: with ingestion, export, image build and evaluation, `make pipeline` takes about
@@ -19,7 +19,7 @@ DEFAULT_BUDGET_MINUTES = 8.0
 class ModelConfig(dg.Config):
     """`recipe`: "fast" (default), "long" (more accurate, about 3x the time), "sgd" (airbench94's SGD recipe)
     or "vgg11" (seed-parity recipe: Adam 1e-3, batch 32, 1 epoch). Without a recipe, `architecture` picks its
-    default one. Leave a field unset (null) to keep the value of `core.training.train.RECIPES`."""
+    default one. Leave a field unset (null) to keep the recipe's value (`core.training.recipes`)."""
 
     recipe: str | None = Field(default=None, description="fast | long | sgd | vgg11")
     architecture: str = Field(default="airbench", description="airbench | vgg11")
@@ -59,7 +59,7 @@ class ModelConfig(dg.Config):
         return self.time_budget_minutes * 60.0
 
     def train_config(self) -> TrainConfig:
-        from mlsd_assets.core.training.train import default_config, recipe_config
+        from mlsd_assets.core.training.recipes import recipe_config
 
         overrides: dict[str, Any] = {
             k: v
@@ -68,8 +68,6 @@ class ModelConfig(dg.Config):
         }
         if "widths" in overrides:
             overrides["widths"] = tuple(overrides["widths"])
-        if self.recipe is None:
-            return default_config(self.architecture, **overrides)
-        if "architecture" in self.model_fields_set:
-            overrides["architecture"] = self.architecture
+        if self.recipe is None or "architecture" in self.model_fields_set:
+            overrides["architecture"] = self.architecture  # no recipe: the architecture's default one
         return recipe_config(self.recipe, **overrides)

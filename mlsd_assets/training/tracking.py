@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,14 +12,48 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlsd_assets.core.data.splits import Cifar10Split
-from mlsd_assets.training.resources import MLflowTracking
+from mlsd_assets.resources import MLflowTracking
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from mlflow.models.model import ModelInfo
 
-    from mlsd_assets.core.training.budget import BudgetPlan, Throughput
+    from mlsd_assets.core.training.budget import BudgetPlan, Throughput, TimeBudget
     from mlsd_assets.core.training.models import InferenceModel
-    from mlsd_assets.core.training.train import EpochStats, TrainConfig, TrainResult
+    from mlsd_assets.core.training.recipes import TrainConfig
+    from mlsd_assets.core.training.train import EpochStats, TrainData, TrainResult
+
+
+def sized_config(
+    tracking: MLflowTracking,
+    run_id: str,
+    config: TrainConfig,
+    data: TrainData,
+    budget_s: float | None,
+    previous: dict[str, Any] | None,
+    logger: logging.Logger,
+) -> tuple[TrainConfig, TimeBudget | None]:
+    """`config` as asked, or sized to the time budget: by a throughput probe (recorded in the run), or as
+    the checkpoint was (a resumed run keeps its checkpoint's plan); and the budget for training to keep
+    re-sizing to (None when nothing is to be re-sized). The budget counts from this call."""
+    from mlsd_assets.core.training.budget import TimeBudget, budgeted, measure_throughput, plan_budget
+
+    if budget_s is None:
+        return config, None
+    if previous is not None:
+        planned = previous["config"]
+        return dataclasses.replace(config, epochs=planned["epochs"], max_steps=planned["max_steps"]), None
+    budget = TimeBudget(budget_s)
+    probe = measure_throughput(config, data, logger)
+    plan = plan_budget(budget_s, probe, len(data.train_labels), len(data.val_labels), config.batch_size)
+    logger.info(
+        f"time budget {budget_s / 60:.1f} min: {plan.steps} steps ({plan.steps / plan.steps_per_epoch:.2f}"
+        f" epochs), estimated {plan.expected_seconds:.0f}s"
+    )
+    log_budget(tracking, run_id, probe, plan)
+    budget.eval_seconds_hint = len(data.val_labels) / probe.eval_images_per_second
+    return budgeted(config, plan), budget
 
 
 def log_setup(
@@ -92,6 +128,11 @@ def system_metrics(tracking: MLflowTracking, run_id: str) -> Iterator[None]:
         monitor.mlflow_logger.flush()
 
 
+def epoch_logger(tracking: MLflowTracking, run_id: str) -> Callable[[EpochStats], None]:
+    """The `on_epoch` hook of a tracked training: each epoch's figures as metrics at step = epoch."""
+    return lambda stats: log_epoch(tracking, run_id, stats)
+
+
 def log_epoch(tracking: MLflowTracking, run_id: str, stats: EpochStats) -> None:
     import time
 
@@ -137,6 +178,6 @@ def log_result(tracking: MLflowTracking, run_id: str, result: TrainResult, curve
 
 
 def _logits(model: InferenceModel, images: Any) -> Any:
-    from mlsd_assets.core.training.train import predict_logits
+    from mlsd_assets.core.training.steps import predict_logits
 
     return predict_logits(model, images)

@@ -8,13 +8,13 @@ import dagster as dg
 from mlsd_assets.automation.trust import require_trusted_inputs
 from mlsd_assets.core.data.splits import Cifar10Split
 from mlsd_assets.core.tuning.result import TuningResult
-from mlsd_assets.training.resources import MLflowTracking
+from mlsd_assets.resources import MLflowTracking
 from mlsd_assets.tuning import tracking
 from mlsd_assets.tuning.config import TuningConfig
 from mlsd_assets.tuning.resources import TuningStorage
 
 if TYPE_CHECKING:
-    from mlsd_assets.core.training.train import TrainConfig
+    from mlsd_assets.core.training.recipes import TrainConfig
 
 TUNING_ASSET = dg.AssetKey("cifar10_tuning")
 

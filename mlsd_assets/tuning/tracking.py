@@ -6,7 +6,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from mlsd_assets.core.tuning.study import TrialHooks
-from mlsd_assets.training.resources import DAGSTER_RUN_TAG, MLflowTracking
+from mlsd_assets.resources import DAGSTER_RUN_TAG, MLflowTracking
 
 if TYPE_CHECKING:
     import logging

@@ -19,10 +19,9 @@ from mlsd_assets.core.data.batches import OFFICIAL_BATCHES, RawBatch
 from mlsd_assets.data.assets import cifar10_split, raw_cifar10
 from mlsd_assets.definitions import defs
 from mlsd_assets.io_manager import ArtifactIOManager
-from mlsd_assets.resources import Cifar10Source, DataPaths
+from mlsd_assets.resources import Cifar10Source, DataPaths, MLflowTracking
 from mlsd_assets.settings import load_settings
 from mlsd_assets.training.assets import cifar10_model
-from mlsd_assets.training.resources import MLflowTracking
 from mlsd_assets_tests.cifar_files import write_image_folder_tree
 from mlsd_assets_tests.data.materialize import SPLIT_CHECKS, materialize_partitions, materialize_split
 from mlsd_assets_tests.training.tiny import TINY

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mlsd_assets.training.resources import MLflowTracking
+from mlsd_assets.resources import MLflowTracking
 from mlsd_assets_tests.evaluation.stubs import MODEL_NAME
 
 

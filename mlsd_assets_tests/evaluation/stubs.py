@@ -11,8 +11,7 @@ from mlsd_assets.core.data.splits import Cifar10Split
 from mlsd_assets.core.serving.artifacts import ServerImage
 from mlsd_assets.core.training.artifacts import OnnxModel
 from mlsd_assets.io_manager import ArtifactIOManager
-from mlsd_assets.resources import DataPaths, DockerEngine
-from mlsd_assets.training.resources import MLflowTracking
+from mlsd_assets.resources import DataPaths, DockerEngine, MLflowTracking
 from mlsd_assets_tests.core.serving.onnx_models import nearest_mean_weights, write_tiny_model
 from mlsd_assets_tests.synthetic import make_split
 
@@ -34,8 +33,8 @@ def bad_weights() -> tuple[np.ndarray, np.ndarray]:
 def register_version(tracking: MLflowTracking, name: str = MODEL_NAME) -> tuple[str, str]:
     """A finished run and a registry version pointing at it: what training leaves behind."""
     client = tracking.client()
-    run_id = tracking.start_run("test-training", {"source": "mlsd-tests"})
-    client.set_terminated(run_id)
+    with tracking.run("test-training", {"source": "mlsd-tests"}) as run_id:
+        pass  # a FINISHED run, as training leaves it
     if not client.search_registered_models(filter_string=f"name='{name}'"):
         client.create_registered_model(name)
     version = client.create_model_version(name, f"runs:/{run_id}/model", run_id=run_id)

@@ -11,7 +11,7 @@ from mlsd_assets.core.evaluation.promotion import CHAMPION_ALIAS, Promotion
 from mlsd_assets.core.training.artifacts import OnnxModel
 from mlsd_assets.evaluation.assets import evaluation_report, model_promotion
 from mlsd_assets.evaluation.checks import check_model_promotion_accepted
-from mlsd_assets.training.resources import MLflowTracking
+from mlsd_assets.resources import MLflowTracking
 from mlsd_assets_tests.evaluation.stubs import (
     GOOD,
     MODEL_NAME,

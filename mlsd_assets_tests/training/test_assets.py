@@ -13,11 +13,10 @@ from mlsd_assets.core.data.batches import CIFAR10_CLASSES
 from mlsd_assets.core.data.splits import Cifar10Split
 from mlsd_assets.core.training.artifacts import OnnxModel, TrainedModel
 from mlsd_assets.io_manager import ArtifactIOManager
-from mlsd_assets.resources import DataPaths
+from mlsd_assets.resources import DAGSTER_RUN_TAG, DataPaths, MLflowTracking
 from mlsd_assets.settings import load_settings
 from mlsd_assets.training.assets import cifar10_model, cifar10_onnx
 from mlsd_assets.training.checks import check_cifar10_onnx_parity, check_cifar10_onnx_served_agreement
-from mlsd_assets.training.resources import DAGSTER_RUN_TAG, MLflowTracking
 from mlsd_assets_tests.core.serving.test_export import tamper_normalisation
 from mlsd_assets_tests.synthetic import make_split
 from mlsd_assets_tests.training.tiny import TINY

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mlsd_assets.core.training.train import RECIPES, recipe_config
+from mlsd_assets.core.training.recipes import RECIPES, recipe_config
 from mlsd_assets.training.config import ModelConfig
 
 

@@ -10,10 +10,9 @@ import pytest
 
 from mlsd_assets.core.tuning.result import TuningResult
 from mlsd_assets.io_manager import ArtifactIOManager
-from mlsd_assets.resources import DataPaths
+from mlsd_assets.resources import DataPaths, MLflowTracking
 from mlsd_assets.settings import load_settings
 from mlsd_assets.training.assets import cifar10_model
-from mlsd_assets.training.resources import MLflowTracking
 from mlsd_assets.tuning.assets import cifar10_tuning
 from mlsd_assets.tuning.resources import TuningStorage
 from mlsd_assets.tuning.tracking import PARENT_TAG

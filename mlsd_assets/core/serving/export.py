@@ -13,7 +13,7 @@ import onnx
 import torch
 
 from mlsd_assets.core.training.models import InferenceModel
-from mlsd_assets.core.training.train import predict_logits
+from mlsd_assets.core.training.steps import predict_logits
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"

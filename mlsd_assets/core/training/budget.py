@@ -6,27 +6,30 @@ import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from mlsd_assets.core.platform.env_info import cpu_info
-from mlsd_assets.core.training.train import (
-    BUDGET_RESERVE,
-    TrainConfig,
-    _on,
-    _optimizers,
+from mlsd_assets.core.training.recipes import TrainConfig
+from mlsd_assets.core.training.steps import (
     evaluate,
+    make_optimizers,
+    on_device,
     pick_device,
     prepare_model,
     resolve_precision,
-    steps_that_fit,
     train_batches,
     train_step,
 )
+
+if TYPE_CHECKING:
+    from mlsd_assets.core.training.train import TrainData
+
+BUDGET_RESERVE = 0.03  # of a time budget, left for what the estimates miss (copies, a noisy neighbour)
 
 
 @dataclass(frozen=True)
@@ -61,11 +64,7 @@ class BudgetPlan:
 
 def measure_throughput(
     config: TrainConfig,
-    train_images: np.ndarray,
-    train_labels: np.ndarray,
-    val_images: np.ndarray,
-    mean: tuple[float, float, float],
-    std: tuple[float, float, float],
+    data: TrainData,
     logger: logging.Logger,
     steps: int = 3,
     device: torch.device | None = None,
@@ -80,14 +79,14 @@ def measure_throughput(
         torch.set_num_threads(config.threads)
     precision = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)
-    model = prepare_model(config, train_images, mean, std, device)
-    optimizers = _optimizers(model.net, config)
+    model = prepare_model(config, data.train_images, data.mean, data.std, device)
+    optimizers = make_optimizers(model.net, config)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    batches = train_batches(config, train_images, train_labels)
+    batches = train_batches(config, data.train_images, data.train_labels)
     model.train()
     images, timed_from = 0, 0.0
     for n in range(steps + 1):
-        x, y = next(iter(_on(batches.epoch(n), device)))
+        x, y = next(iter(on_device(batches.epoch(n), device)))
         if n == 1:  # the first step warms caches and oneDNN primitives: not timed
             timed_from = time.perf_counter()
         train_step(model, optimizers, loss_fn, x, y, precision)
@@ -95,7 +94,7 @@ def measure_throughput(
         if n and time.perf_counter() - timed_from >= max_seconds:
             break  # a slow machine: one timed step is enough, the budget is better spent training
     train_ips = images / (time.perf_counter() - timed_from)
-    sample = val_images[: min(len(val_images), max(config.eval_batch_size, 1))]
+    sample = data.val_images[: min(len(data.val_images), max(config.eval_batch_size, 1))]
     t_eval = time.perf_counter()
     evaluate(model, sample, np.zeros(len(sample), dtype=np.int64), config.eval_batch_size, precision)
     eval_ips = len(sample) / max(time.perf_counter() - t_eval, 1e-9)
@@ -125,7 +124,7 @@ def plan_budget(
 ) -> BudgetPlan:
     """The most steps whose estimated time (probe already spent + steps + one validation pass per epoch +
     the final one) fits the budget, less a small reserve. At least one step. Training re-sizes this after
-    every epoch from the speed it then measures (`train(time_budget_s=...)`)."""
+    every epoch from the speed it then measures (`train(budget=TimeBudget(...))`)."""
     if budget_seconds <= 0:
         raise ValueError(f"time budget: must be > 0 seconds, got {budget_seconds}")
     steps_per_epoch = max(1, train_count // batch_size)  # as TrainBatches(drop_last=True) counts them
@@ -146,3 +145,36 @@ def plan_budget(
 def budgeted(config: TrainConfig, plan: BudgetPlan) -> TrainConfig:
     """The config that trains exactly the planned steps (the lr schedule's horizon is `plan.steps`)."""
     return dataclasses.replace(config, epochs=plan.epochs, max_steps=plan.steps)
+
+
+def steps_that_fit(seconds: float, step_seconds: float, eval_seconds: float, steps_per_epoch: int) -> int:
+    """The most steps (at least one) whose training, one validation pass per started epoch and the final
+    evaluation take at most `seconds`."""
+
+    def cost(steps: int) -> float:
+        return steps * step_seconds + (math.ceil(steps / steps_per_epoch) + 1) * eval_seconds
+
+    steps = max(1, int((seconds - eval_seconds) / (step_seconds + eval_seconds / steps_per_epoch)))
+    while steps > 1 and cost(steps) > seconds:
+        steps -= 1
+    while cost(steps + 1) <= seconds:
+        steps += 1
+    return steps
+
+
+@dataclass
+class TimeBudget:
+    """A deadline for a running training: `seconds` from `started` (by default, when this is made), less
+    the reserve. `eval_seconds_hint` stands for a validation pass until training has timed one."""
+
+    seconds: float
+    eval_seconds_hint: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+    def left(self) -> float:
+        return self.seconds * (1 - BUDGET_RESERVE) - (time.perf_counter() - self.started)
+
+    def total_steps(self, done: int, step_seconds: float, eval_seconds: float, steps_per_epoch: int) -> int:
+        """`done` steps plus as many as still fit, at the speeds just measured."""
+        eval_s = eval_seconds or self.eval_seconds_hint
+        return done + steps_that_fit(self.left(), step_seconds, eval_s, steps_per_epoch)

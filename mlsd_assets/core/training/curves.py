@@ -27,6 +27,7 @@ def plot_curves(history: Sequence[EpochStats], path: Path, title: str) -> Path:
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

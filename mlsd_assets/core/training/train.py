@@ -7,11 +7,10 @@ import io
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -19,130 +18,48 @@ from torch import nn
 
 from mlsd_assets.core.platform.allocator import active_allocator
 from mlsd_assets.core.platform.atomic import atomic_path
-from mlsd_assets.core.training.loader import Augmentation, TrainBatches, eval_batches
-from mlsd_assets.core.training.models import ARCHITECTURES, AirbenchNet, InferenceModel, build_model
-from mlsd_assets.core.training.muon import Muon
+from mlsd_assets.core.training.budget import TimeBudget
+from mlsd_assets.core.training.models import AirbenchNet, InferenceModel, build_model
+from mlsd_assets.core.training.recipes import TrainConfig
+from mlsd_assets.core.training.steps import (
+    evaluate,
+    lr_factor,
+    make_optimizers,
+    on_device,
+    pick_device,
+    prepare_model,
+    resolve_precision,
+    set_lr,
+    train_batches,
+    train_step,
+)
 
-Precision = Literal["auto", "bf16", "fp32"]
+if TYPE_CHECKING:
+    from mlsd_assets.core.data.splits import Cifar10Split
+
 CHECKPOINT_NAME = "last.pt"
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Hyperparameters in plain PyTorch terms (mean-reduced loss, optimizer lr as given).
+class TrainData:
+    """What training reads: train and validation images (uint8 NHWC) and labels, and the train split's
+    per-channel mean and std (0-1 scale) that the model normalises by."""
 
-    `bias_lr_scale` multiplies the lr of 1-d parameters (norm/whitening biases) and divides their weight
-    decay, airbench's trick for fast-moving biases. `schedule="triangle"` ramps lr from `lr_start` to 1 at
-    `warmup_fraction` of all steps, then down to `lr_end` (fractions of `lr`); `"linear"` decays from 1 to 0.
-    `optimizer="muon"` trains the conv filters with Muon (`muon_lr`, `muon_momentum`) and everything else
-    with SGD as configured by `lr`, `momentum`, `weight_decay`, `bias_lr_scale`.
-    """
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    val_images: np.ndarray
+    val_labels: np.ndarray
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
 
-    architecture: str = "airbench"
-    # A quarter of airbench94's (64, 256, 256) FLOPs: on 2 CPU cores the full widths cost ~3x the time per
-    # image, and trained for the same minutes they were no more accurate (benchmarks/, README).
-    widths: tuple[int, int, int] = (32, 128, 128)
-    epochs: int = 10
-    # Stop after this many optimizer steps in all (0: every epoch in full); the lr schedule ends here. A time
-    # budget (mlsd_assets.core.training.budget) sets it, so the last epoch may be partial.
-    max_steps: int = 0
-    batch_size: int = 1024
-    optimizer: Literal["sgd", "muon", "adam", "adamw"] = "sgd"
-    lr: float = 1.5
-    momentum: float = 0.85
-    nesterov: bool = True
-    weight_decay: float = 1.33e-3
-    bias_lr_scale: float = 64.0
-    label_smoothing: float = 0.2
-    schedule: Literal["triangle", "linear", "constant"] = "triangle"
-    lr_start: float = 0.2
-    lr_end: float = 0.07
-    warmup_fraction: float = 0.23
-    muon_lr: float = 0.24
-    muon_momentum: float = 0.6
-    whiten_bias_epochs: int = 3
-    lookahead: bool = True
-    crop_pad: int = 2
-    flip: bool = True
-    flip_tta: bool = True
-    precision: Precision = "auto"
-    channels_last: bool = True
-    seed: int = 0
-    threads: int = 0
-    eval_batch_size: int = 1000
-
-    def __post_init__(self) -> None:
-        choices = {
-            "architecture": ARCHITECTURES,
-            "optimizer": ("sgd", "muon", "adam", "adamw"),
-            "precision": ("auto", "bf16", "fp32"),
-            "schedule": ("triangle", "linear", "constant"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        if self.max_steps < 0:
-            raise ValueError(f"max_steps: must be >= 0 (0 = all epochs in full), got {self.max_steps}")
-        if len(self.widths) != 3 or min(self.widths) < 1:
-            raise ValueError(f"widths: expected three positive channel counts, got {self.widths}")
-        if not self.lr > 0:
-            raise ValueError(f"lr: must be > 0, got {self.lr}")
-
-    def hyperparameters(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "widths": list(self.widths)}
-
-
-# Named recipes: TrainConfig fields that differ from its defaults (airbench94's SGD recipe, kept as "sgd").
-# "fast" (the default) and "long" train the conv filters with Muon, after Keller Jordan's airbench94_muon;
-# "long" on airbench94's full widths. "vgg11" is the reference recipe (Adam 1e-3, batch 32, one epoch) on
-# VGG-11 with batch norm so that it learns. Figures for each: README, Benchmarks.
-_MUON: dict[str, Any] = {
-    "batch_size": 2000,
-    "optimizer": "muon",
-    # SGD part (head, biases) in mean-loss units: airbench94_muon's 0.67 (head, logits / 256) and 0.053
-    # (biases) on a summed loss of 2000 images, with 4e-3 decay per step, as lr * scale and decay / lr
-    "lr": 1.65,
-    "weight_decay": 2.42e-3,
-    "schedule": "linear",
-    "lookahead": False,
-}
-RECIPES: dict[str, dict[str, Any]] = {
-    "fast": dict(_MUON),
-    "long": {**_MUON, "widths": (64, 256, 256), "epochs": 8},
-    "sgd": {},
-    "vgg11": {
-        "architecture": "vgg11",
-        "epochs": 1,
-        "batch_size": 32,
-        "optimizer": "adam",
-        "lr": 1e-3,
-        "weight_decay": 0.0,
-        "bias_lr_scale": 1.0,
-        "label_smoothing": 0.0,
-        "schedule": "constant",
-        "lookahead": False,
-        "flip_tta": False,
-        "crop_pad": 4,
-        "whiten_bias_epochs": 0,
-    },
-}
-
-
-def recipe_config(recipe: str, **overrides: Any) -> TrainConfig:
-    """A named recipe with `overrides` applied (unknown field names raise TypeError)."""
-    if recipe not in RECIPES:
-        raise ValueError(f"recipe: unknown {recipe!r}; choose one of {', '.join(RECIPES)}")
-    return TrainConfig(**{**RECIPES[recipe], **overrides})
-
-
-def default_config(architecture: str, **overrides: Any) -> TrainConfig:
-    """The tuned default recipe of an architecture, with `overrides` applied."""
-    if architecture not in ARCHITECTURES:
-        build_model(architecture)  # raises the clear "unknown architecture" error
-    return recipe_config("vgg11" if architecture == "vgg11" else "fast", **overrides)
+    @classmethod
+    def from_split(cls, split: Cifar10Split) -> TrainData:
+        """The train and validation parts of `split` (the test part is never read for training)."""
+        (x, y), (xv, yv) = split.arrays("train"), split.arrays("validation")
+        for name, labels in (("train", y), ("validation", yv)):
+            if len(labels) == 0:
+                raise ValueError(f"cifar10_split: the {name} split is empty; cannot train")
+        return cls(x, y, xv, yv, split.mean, split.std)
 
 
 @dataclass
@@ -186,21 +103,269 @@ class TrainResult:
     steps: int = 0  # optimizer steps in all (a time budget may re-size them while training)
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+def train(
+    data: TrainData,
+    config: TrainConfig,
+    logger: logging.Logger,
+    *,
+    checkpoint_dir: Path | None = None,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    checkpoint_extra: dict[str, Any] | None = None,
+    select: Literal["best", "last"] = "best",
+    budget: TimeBudget | None = None,
+    progress_every: float = 15.0,
+    device: torch.device | None = None,
+) -> TrainResult:
+    """Train `config.epochs` epochs (continuing from `checkpoint_dir` if it holds a matching run); the epoch
+    with the best validation accuracy is returned (`select="last"`: the final one, for benchmarks that pass
+    the test set as validation). The asset never passes the test split in here. A progress line is logged at
+    least every `progress_every` seconds (while steps finish). With a `budget`, the remaining steps (and the
+    lr schedule's horizon) are re-sized after every epoch and at every progress line from the speed just
+    measured, so that training ends on time even when the machine gets slower or faster. An exception from
+    `on_epoch` propagates unchanged; the checkpoint then holds that epoch."""
+    device = device or pick_device()
+    precision = _setup(config, device, logger)
+    if len(data.val_labels) == 0:
+        raise ValueError("validation split is empty: model selection needs validation images")
+    model = prepare_model(config, data.train_images, data.mean, data.std, device)
+    batches = train_batches(config, data.train_images, data.train_labels)
+    optimizers = make_optimizers(model.net, config)
+    lookahead = Lookahead(model.net) if config.lookahead else None
+    run = RunState(config, model, optimizers, lookahead, len(batches), checkpoint_dir, dict(checkpoint_extra or {}))
+    run.resume(logger)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    progress = _Progress(logger, progress_every, run)
+    while run.epoch < run.epochs:  # a time budget may change `epochs` as training goes
+        started = time.perf_counter()
+        if isinstance(model.net, AirbenchNet):
+            model.net.whiten.bias.requires_grad_(run.epoch < config.whiten_bias_epochs)
+        model.train()
+        meter = _Meter(run.epoch, config.lr)
+        for i, (x, y) in enumerate(on_device(batches.epoch(run.epoch), device)):
+            step = run.epoch * run.steps_per_epoch + i
+            if step >= run.total_steps:
+                break
+            set_lr(optimizers, lr_factor(config, step, run.total_steps))
+            loss, logits = train_step(model, optimizers, loss_fn, x, y, precision)
+            if lookahead is not None and (step + 1) % Lookahead.every == 0:
+                lookahead.step(model.net, lookahead_decay(step + 1, run.total_steps))
+            meter.add(i, loss, logits, y)
+            rate = progress.step(i, step, len(y), float(loss))
+            if budget is not None and rate:  # re-size within the epoch too, from the last window's speed
+                run.total_steps = budget.total_steps(step + 1, 1 / rate, progress.eval_seconds, run.steps_per_epoch)
+        if lookahead is not None and run.epoch + 1 == run.epochs:
+            lookahead.step(model.net, 1.0)  # finish on the slow (averaged) weights
+        train_seconds = time.perf_counter() - started
+        val = evaluate(
+            model, data.val_images, data.val_labels, config.eval_batch_size, precision, config.label_smoothing
+        )
+        stats = run.stats(meter, val, train_seconds, time.perf_counter() - started)
+        progress.eval_seconds = stats.epoch_seconds - train_seconds
+        run.end_epoch(stats, meter, budget, logger)  # history, budget, best epoch, checkpoint
+        if on_epoch is not None:
+            on_epoch(stats)
+    return run.result(data, precision, select)
 
 
-def resolve_precision(precision: Precision, device: torch.device) -> str:
-    """bf16 autocast only where it is fast: CUDA with bf16, or CPUs with AMX/AVX512-BF16; fp32 else."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+def _setup(config: TrainConfig, device: torch.device, logger: logging.Logger) -> str:
+    """Threads, precision and the seed, as every run starts; a warning when the allocator will be slow."""
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    precision = resolve_precision(config.precision, device)
+    if device.type == "cpu" and active_allocator() == "system":
+        logger.warning(
+            "training on the system malloc: CPU steps spend much of their time page-faulting; install"
+            " jemalloc (apt-get install libjemalloc2) and start through `python -m mlsd_assets` or"
+            " `python -m mlsd_assets.core.platform.allocator CMD`"
+        )
+    torch.manual_seed(config.seed)
+    return precision
 
 
-def _autocast(precision: str, device: torch.device) -> AbstractContextManager[Any]:
-    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+class _Meter:
+    """Training loss and accuracy over one epoch; stops the run at the first non-finite loss."""
+
+    def __init__(self, epoch: int, lr: float) -> None:
+        self.epoch, self.lr = epoch, lr
+        self.loss_sum, self.correct, self.seen = 0.0, 0, 0
+
+    def add(self, i: int, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss_sum += float(loss) * len(y)
+        self.correct += int((logits.argmax(1) == y).sum())
+        self.seen += len(y)
+        if not math.isfinite(self.loss_sum):
+            raise FloatingPointError(f"epoch {self.epoch + 1} step {i}: loss is not finite (lr {self.lr})")
+
+
+class Lookahead:
+    """Every few steps pull the weights towards a slow EMA of themselves; the EMA is the final model."""
+
+    every = 5
+
+    def __init__(self, net: nn.Module) -> None:
+        self.ema = {k: v.detach().clone() for k, v in net.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def step(self, net: nn.Module, decay: float) -> None:
+        for k, v in net.state_dict().items():
+            if k in self.ema:
+                self.ema[k].lerp_(v, 1 - decay)
+                v.copy_(self.ema[k])
+
+
+def lookahead_decay(step: int, total: int) -> float:
+    return 0.95**5 * (step / total) ** 3
+
+
+class RunState:
+    """A run's bookkeeping beside the loop: where it stands (epochs done, the step horizon), its history and
+    best epoch; saved to `checkpoint_dir` after every epoch and restored from it on resume."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: InferenceModel,
+        optimizers: list[torch.optim.Optimizer],
+        lookahead: Lookahead | None,
+        steps_per_epoch: int,
+        checkpoint_dir: Path | None,
+        extra: dict[str, Any],
+    ) -> None:
+        self.config, self.model, self.optimizers, self.lookahead = config, model, optimizers, lookahead
+        self.steps_per_epoch, self.checkpoint_dir, self.extra = steps_per_epoch, checkpoint_dir, extra
+        self.total_steps = total_steps(config, steps_per_epoch)
+        self.epoch = 0  # epochs finished
+        self.resumed_from_epoch = 0
+        self.history: list[EpochStats] = []
+        self.best: dict[str, Any] = {"epoch": 0, "accuracy": -1.0, "state": None}
+
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    def resume(self, logger: logging.Logger) -> None:
+        """Continue after the checkpoint's epoch, if `checkpoint_dir` holds one of this config."""
+        state = read_checkpoint(self.checkpoint_dir)
+        if state is None:
+            return
+        if state["config"] != self.config.hyperparameters():
+            raise ValueError(f"checkpoint {self.checkpoint_dir}: made with a different config; refusing to resume")
+        self.model.load_state_dict(state["model"])
+        for opt, opt_state in zip(self.optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(opt_state)
+        if self.lookahead is not None:
+            device = next(self.model.parameters()).device
+            self.lookahead.ema = {k: v.to(device) for k, v in state["lookahead"].items()}
+        self.history = [EpochStats(**h) for h in state["history"]]
+        self.best = state["best"]
+        self.epoch = self.resumed_from_epoch = state["epoch"]
+        self.total_steps = state.get("total_steps", self.total_steps)
+        self.extra = {**state.get("extra", {}), **self.extra}
+        logger.info(f"resuming from checkpoint {self.checkpoint_dir} after epoch {self.epoch}/{self.epochs}")
+
+    def stats(self, meter: _Meter, val: dict[str, float], train_seconds: float, epoch_seconds: float) -> EpochStats:
+        """The epoch just trained, in figures."""
+        end = min((self.epoch + 1) * self.steps_per_epoch, self.total_steps)
+        return EpochStats(
+            epoch=self.epoch + 1,
+            epochs=self.epochs,
+            train_loss=meter.loss_sum / max(meter.seen, 1),
+            train_accuracy=meter.correct / max(meter.seen, 1),
+            val_loss=val["loss"],
+            val_accuracy=val["accuracy"],
+            lr=self.config.lr * lr_factor(self.config, end, self.total_steps),
+            images_per_second=meter.seen / max(train_seconds, 1e-9),
+            train_seconds=train_seconds,
+            epoch_seconds=epoch_seconds,
+            eta_seconds=epoch_seconds * (self.epochs - self.epoch - 1),
+        )
+
+    def end_epoch(self, stats: EpochStats, meter: _Meter, budget: TimeBudget | None, logger: logging.Logger) -> None:
+        """Record the epoch, re-size to the budget, keep the best weights, write the checkpoint."""
+        logger.info(
+            f"epoch {stats.epoch}/{stats.epochs}: train loss {stats.train_loss:.4f} acc {stats.train_accuracy:.4f}"
+            f" | val loss {stats.val_loss:.4f} acc {stats.val_accuracy:.4f} | {stats.images_per_second:.0f} img/s"
+            f" | {stats.epoch_seconds:.1f}s, ETA {stats.eta_seconds:.0f}s"
+        )
+        self.history.append(stats)
+        done = (self.epoch + 1) * self.steps_per_epoch
+        if budget is not None and done < self.total_steps:
+            step_s = stats.train_seconds / max(meter.seen / self.config.batch_size, 1)
+            eval_s = stats.epoch_seconds - stats.train_seconds
+            self.total_steps = budget.total_steps(done, step_s, eval_s, self.steps_per_epoch)
+            logger.info(
+                f"time budget: {budget.left():.0f}s left, re-sized to {self.total_steps} steps ({self.epochs} epochs)"
+            )
+        if stats.val_accuracy > self.best["accuracy"]:
+            self.best = {"epoch": stats.epoch, "accuracy": stats.val_accuracy, "state": _cpu_state(self.model)}
+        self.epoch += 1
+        if self.checkpoint_dir is not None:
+            _write_checkpoint(
+                self.checkpoint_dir,
+                {
+                    "config": self.config.hyperparameters(),
+                    "epoch": self.epoch,
+                    "total_steps": self.total_steps,
+                    "model": self.model.state_dict(),
+                    "optimizers": [opt.state_dict() for opt in self.optimizers],
+                    "lookahead": self.lookahead.ema if self.lookahead else None,
+                    "history": [dataclasses.asdict(h) for h in self.history],
+                    "best": self.best,
+                    "extra": self.extra,
+                },
+            )
+
+    def result(self, data: TrainData, precision: str, select: Literal["best", "last"]) -> TrainResult:
+        """The selected epoch's weights in a fresh fp32 CPU model, measured once more on validation."""
+        config = self.config
+        net = build_model(config.architecture, config.widths)
+        final = InferenceModel(net, data.mean, data.std, flip_tta=config.flip_tta)
+        use_best = select == "best" and self.best["state"] is not None
+        final.load_state_dict(self.best["state"] if use_best else _cpu_state(self.model))
+        final.eval()
+        return TrainResult(
+            model=final,
+            history=self.history,
+            best_epoch=int(self.best["epoch"]) if use_best else self.epochs,
+            validation=evaluate(final, data.val_images, data.val_labels, config.eval_batch_size, "fp32"),
+            resumed_from_epoch=self.resumed_from_epoch,
+            train_seconds=sum(h.epoch_seconds for h in self.history),
+            precision=precision,
+            extra=self.extra,
+            steps=self.total_steps,
+        )
+
+
+def total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
+    full = steps_per_epoch * config.epochs
+    return min(config.max_steps, full) if config.max_steps else full
+
+
+class _Progress:
+    """A log line at least every `every` seconds: step, images/s over the window, ETA of the epoch and run."""
+
+    def __init__(self, logger: logging.Logger, every: float, run: RunState) -> None:
+        self.logger, self.every, self.run = logger, every, run
+        self.last_time, self.last_step, self.eval_seconds = time.perf_counter(), 0, 0.0
+
+    def step(self, i: int, step: int, batch: int, loss: float) -> float | None:
+        """Logs when `every` seconds have passed; returns the steps/s of that window (None when it did not)."""
+        now = time.perf_counter()
+        if now - self.last_time < self.every:
+            return None
+        run = self.run
+        rate = (step + 1 - self.last_step) / (now - self.last_time)  # steps/s over this window
+        epoch_end = min((run.epoch + 1) * run.steps_per_epoch, run.total_steps)
+        evals_left = run.epochs - run.epoch  # this epoch's validation pass and the later ones
+        epoch_eta = (epoch_end - step - 1) / rate + self.eval_seconds
+        run_eta = (run.total_steps - step - 1) / rate + evals_left * self.eval_seconds
+        self.logger.info(
+            f"epoch {run.epoch + 1}/{run.epochs} step {i + 1}/{epoch_end - run.epoch * run.steps_per_epoch}"
+            f" (run {step + 1}/{run.total_steps}): loss {loss:.4f}, {rate * batch:.0f} img/s,"
+            f" epoch ETA {epoch_eta:.0f}s, run ETA {run_eta:.0f}s"
+        )
+        self.last_time, self.last_step = now, step + 1
+        return rate
 
 
 def read_checkpoint(checkpoint_dir: Path | None) -> dict[str, Any] | None:
@@ -217,363 +382,5 @@ def _write_checkpoint(checkpoint_dir: Path, state: dict[str, Any]) -> None:
         tmp.write_bytes(buffer.getvalue())
 
 
-def _optimizers(net: nn.Module, config: TrainConfig) -> list[torch.optim.Optimizer]:
-    trainable = [(n, p) for n, p in net.named_parameters() if p.requires_grad or n == "whiten.bias"]
-    to_muon = config.optimizer == "muon"  # conv filters (4-d) go to Muon, everything else to SGD
-    biases = [p for _, p in trainable if p.ndim <= 1]
-    filters = [p for _, p in trainable if to_muon and p.ndim == 4]
-    weights = [p for _, p in trainable if p.ndim > 1 and not (to_muon and p.ndim == 4)]
-    scale = config.bias_lr_scale
-    groups = [
-        {"params": weights, "lr": config.lr, "weight_decay": config.weight_decay},
-        {"params": biases, "lr": config.lr * scale, "weight_decay": config.weight_decay / scale},
-    ]
-    optimizers: list[torch.optim.Optimizer] = []
-    kwargs: dict[str, Any] = {"foreach": True}
-    if config.optimizer in ("sgd", "muon"):
-        optimizers.append(torch.optim.SGD(groups, momentum=config.momentum, nesterov=config.nesterov, **kwargs))
-    elif config.optimizer in ("adam", "adamw"):
-        cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-        # fused kernels exist on CPU and CUDA for Adam/AdamW: one pass over all parameters per step
-        optimizers.append(cls(groups, fused=True))
-    else:
-        raise ValueError(f"optimizer: unknown {config.optimizer!r}; choose sgd, muon, adam or adamw")
-    if filters:
-        optimizers.append(Muon(filters, lr=config.muon_lr, momentum=config.muon_momentum, nesterov=config.nesterov))
-    for opt in optimizers:
-        for g in opt.param_groups:
-            g["base_lr"] = g["lr"]
-    return optimizers
-
-
-def prepare_model(
-    config: TrainConfig,
-    train_images: np.ndarray,
-    mean: tuple[float, float, float],
-    std: tuple[float, float, float],
-    device: torch.device,
-) -> InferenceModel:
-    """A fresh model as training starts it: whitening fitted on the first train images, memory layout set."""
-    model = InferenceModel(build_model(config.architecture, config.widths), mean, std, flip_tta=config.flip_tta).to(
-        device
-    )
-    if isinstance(model.net, AirbenchNet):
-        sample = torch.from_numpy(train_images[: min(len(train_images), 5000)]).to(device)
-        model.net.init_whitening(model.preprocess(sample))
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
-def train_batches(config: TrainConfig, images: np.ndarray, labels: np.ndarray) -> TrainBatches:
-    augmentation = Augmentation(pad=config.crop_pad, flip=config.flip)
-    return TrainBatches(images, labels, config.batch_size, augmentation, seed=config.seed, drop_last=True)
-
-
-def train_step(
-    model: InferenceModel,
-    optimizers: list[torch.optim.Optimizer],
-    loss_fn: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    precision: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step; returns the (detached) loss and logits."""
-    with _autocast(precision, x.device):
-        logits = model.net(model.preprocess(x))
-        loss = loss_fn(logits.float(), y)
-    model.net.zero_grad(set_to_none=True)
-    loss.backward()
-    for opt in optimizers:
-        opt.step()
-    return loss.detach(), logits.detach()
-
-
-def total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
-    full = steps_per_epoch * config.epochs
-    return min(config.max_steps, full) if config.max_steps else full
-
-
-BUDGET_RESERVE = 0.03  # of a time budget, left for what the estimates miss (copies, a noisy neighbour)
-
-
-def steps_that_fit(seconds: float, step_seconds: float, eval_seconds: float, steps_per_epoch: int) -> int:
-    """The most steps (at least one) whose training, one validation pass per started epoch and the final
-    evaluation take at most `seconds`."""
-
-    def cost(steps: int) -> float:
-        return steps * step_seconds + (math.ceil(steps / steps_per_epoch) + 1) * eval_seconds
-
-    steps = max(1, int((seconds - eval_seconds) / (step_seconds + eval_seconds / steps_per_epoch)))
-    while steps > 1 and cost(steps) > seconds:
-        steps -= 1
-    while cost(steps + 1) <= seconds:
-        steps += 1
-    return steps
-
-
-class _Progress:
-    """A log line at least every `every` seconds: step, images/s over the window, ETA of the epoch and run."""
-
-    def __init__(self, logger: logging.Logger, every: float, total: int, epochs: int) -> None:
-        self.logger, self.every, self.total, self.epochs = logger, every, total, epochs
-        self.last_time, self.last_step, self.eval_seconds = time.perf_counter(), 0, 0.0
-
-    def step(self, epoch: int, i: int, step: int, steps_per_epoch: int, batch: int, loss: float) -> float | None:
-        """Logs when `every` seconds have passed; returns the steps/s of that window (None when it did not)."""
-        now = time.perf_counter()
-        if now - self.last_time < self.every:
-            return None
-        rate = (step + 1 - self.last_step) / (now - self.last_time)  # steps/s over this window
-        epoch_end = min((epoch + 1) * steps_per_epoch, self.total)
-        evals_left = self.epochs - epoch  # this epoch's validation pass and the later ones
-        epoch_eta = (epoch_end - step - 1) / rate + self.eval_seconds
-        run_eta = (self.total - step - 1) / rate + evals_left * self.eval_seconds
-        self.logger.info(
-            f"epoch {epoch + 1}/{self.epochs} step {i + 1}/{epoch_end - epoch * steps_per_epoch}"
-            f" (run {step + 1}/{self.total}): loss {loss:.4f}, {rate * batch:.0f} img/s,"
-            f" epoch ETA {epoch_eta:.0f}s, run ETA {run_eta:.0f}s"
-        )
-        self.last_time, self.last_step = now, step + 1
-        return rate
-
-
-def _lr_factor(config: TrainConfig, step: int, total: int) -> float:
-    if config.schedule == "constant":
-        return 1.0
-    if config.schedule == "linear":
-        return 1.0 - step / total
-    peak = config.warmup_fraction * total
-    return float(np.interp(step, [0, peak, total], [config.lr_start, 1.0, config.lr_end]))
-
-
-class _Lookahead:
-    """Every few steps pull the weights towards a slow EMA of themselves; the EMA is the final model."""
-
-    every = 5
-
-    def __init__(self, net: nn.Module) -> None:
-        self.ema = {k: v.detach().clone() for k, v in net.state_dict().items() if v.is_floating_point()}
-
-    @torch.no_grad()
-    def step(self, net: nn.Module, decay: float) -> None:
-        for k, v in net.state_dict().items():
-            if k in self.ema:
-                self.ema[k].lerp_(v, 1 - decay)
-                v.copy_(self.ema[k])
-
-
-def _lookahead_decay(step: int, total: int) -> float:
-    return 0.95**5 * (step / total) ** 3
-
-
-def evaluate(
-    model: InferenceModel,
-    images: np.ndarray,
-    labels: np.ndarray,
-    batch_size: int = 1000,
-    precision: str = "fp32",
-    label_smoothing: float = 0.0,
-) -> dict[str, float]:
-    """Accuracy and loss of the served model (raw pixels in) on one split."""
-    device = next(model.parameters()).device
-    model.eval()
-    loss_fn = nn.CrossEntropyLoss(reduction="sum", label_smoothing=label_smoothing)
-    target = torch.from_numpy(labels.astype(np.int64))
-    correct, loss, start = 0, 0.0, 0
-    with torch.no_grad(), _autocast(precision, device):
-        for batch in eval_batches(images, batch_size):
-            logits = model(batch.to(device)).float().cpu()
-            y = target[start : start + len(batch)]
-            correct += int((logits.argmax(1) == y).sum())
-            loss += float(loss_fn(logits, y))
-            start += len(batch)
-    n = max(len(labels), 1)
-    return {"accuracy": correct / n, "loss": loss / n, "count": float(len(labels))}
-
-
-def predict_logits(model: InferenceModel, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """fp32 logits of the served model, the reference that the ONNX export is checked against."""
-    model.eval()
-    with torch.no_grad():
-        return np.concatenate([model(b).float().numpy() for b in eval_batches(images, batch_size)])
-
-
-def train(
-    train_images: np.ndarray,
-    train_labels: np.ndarray,
-    val_images: np.ndarray,
-    val_labels: np.ndarray,
-    mean: tuple[float, float, float],
-    std: tuple[float, float, float],
-    config: TrainConfig,
-    logger: logging.Logger,
-    checkpoint_dir: Path | None = None,
-    on_epoch: Callable[[EpochStats], None] | None = None,
-    checkpoint_extra: dict[str, Any] | None = None,
-    device: torch.device | None = None,
-    select: Literal["best", "last"] = "best",
-    progress_every: float = 15.0,
-    time_budget_s: float | None = None,
-    eval_seconds_hint: float = 0.0,
-) -> TrainResult:
-    """Train `config.epochs` epochs (continuing from `checkpoint_dir` if it holds a matching run); the epoch
-    with the best validation accuracy is returned (`select="last"`: the final one, for benchmarks that pass
-    the test set as validation). The asset never passes the test split in here. A progress line is logged at
-    least every `progress_every` seconds (while steps finish). With `time_budget_s`, after every epoch the
-    remaining steps (and the lr schedule's horizon) are re-sized from the speed just measured (also at every
-    progress line, with `eval_seconds_hint` for a validation pass until one has been timed), so that
-    training ends within that many seconds of this call even when the machine gets slower or faster."""
-    started = time.perf_counter()
-    device = device or pick_device()
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
-    precision = resolve_precision(config.precision, device)
-    if device.type == "cpu" and active_allocator() == "system":
-        logger.warning(
-            "training on the system malloc: CPU steps spend much of their time page-faulting; install"
-            " jemalloc (apt-get install libjemalloc2) and start through `python -m mlsd_assets` or"
-            " `python -m mlsd_assets.core.platform.allocator CMD`"
-        )
-    torch.manual_seed(config.seed)
-    if len(val_labels) == 0:
-        raise ValueError("validation split is empty: model selection needs validation images")
-
-    model = prepare_model(config, train_images, mean, std, device)
-    batches = train_batches(config, train_images, train_labels)
-    optimizers = _optimizers(model.net, config)
-    steps_per_epoch = len(batches)
-    total = total_steps(config, steps_per_epoch)
-    epochs = math.ceil(total / steps_per_epoch)
-    lookahead = _Lookahead(model.net) if config.lookahead else None
-
-    state = read_checkpoint(checkpoint_dir)
-    history: list[EpochStats] = []
-    best = {"epoch": 0, "accuracy": -1.0, "state": None}
-    start_epoch = 0
-    extra = dict(checkpoint_extra or {})
-    if state is not None:
-        if state["config"] != config.hyperparameters():
-            raise ValueError(f"checkpoint {checkpoint_dir}: made with a different config; refusing to resume")
-        model.load_state_dict(state["model"])
-        for opt, opt_state in zip(optimizers, state["optimizers"], strict=True):
-            opt.load_state_dict(opt_state)
-        if lookahead is not None:
-            lookahead.ema = {k: v.to(device) for k, v in state["lookahead"].items()}
-        history = [EpochStats(**h) for h in state["history"]]
-        best = state["best"]
-        start_epoch = state["epoch"]
-        total = state.get("total_steps", total)
-        epochs = math.ceil(total / steps_per_epoch)
-        extra = {**state.get("extra", {}), **extra}
-        logger.info(f"resuming from checkpoint {checkpoint_dir} after epoch {start_epoch}/{epochs}")
-
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    seconds = sum(h.epoch_seconds for h in history)
-    progress = _Progress(logger, progress_every, total, epochs)
-    epoch = start_epoch - 1
-    while (epoch := epoch + 1) < epochs:  # a time budget may change `epochs` as training goes
-        t0 = time.perf_counter()
-        if isinstance(model.net, AirbenchNet):
-            model.net.whiten.bias.requires_grad_(epoch < config.whiten_bias_epochs)
-        model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        for i, (x, y) in enumerate(_on(batches.epoch(epoch), device)):
-            step = epoch * steps_per_epoch + i
-            if step >= total:
-                break
-            factor = _lr_factor(config, step, total)
-            for opt in optimizers:
-                for g in opt.param_groups:
-                    g["lr"] = g["base_lr"] * factor
-            loss, logits = train_step(model, optimizers, loss_fn, x, y, precision)
-            if lookahead is not None and (step + 1) % _Lookahead.every == 0:
-                lookahead.step(model.net, _lookahead_decay(step + 1, total))
-            loss_sum += float(loss) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-            if not math.isfinite(loss_sum):
-                raise FloatingPointError(f"epoch {epoch + 1} step {i}: loss is not finite (lr {config.lr})")
-            rate = progress.step(epoch, i, step, steps_per_epoch, len(y), float(loss))
-            if time_budget_s is not None and rate:  # re-size within the epoch too, from the last window's speed
-                left = time_budget_s * (1 - BUDGET_RESERVE) - (time.perf_counter() - started)
-                eval_s = progress.eval_seconds or eval_seconds_hint
-                total = step + 1 + steps_that_fit(left, 1 / rate, eval_s, steps_per_epoch)
-                epochs = math.ceil(total / steps_per_epoch)
-                progress.total, progress.epochs = total, epochs
-        if lookahead is not None and epoch + 1 == epochs:
-            lookahead.step(model.net, 1.0)  # finish on the slow (averaged) weights
-        train_seconds = time.perf_counter() - t0
-        val = evaluate(model, val_images, val_labels, config.eval_batch_size, precision, config.label_smoothing)
-        epoch_seconds = time.perf_counter() - t0
-        progress.eval_seconds = epoch_seconds - train_seconds
-        seconds += epoch_seconds
-        stats = EpochStats(
-            epoch=epoch + 1,
-            epochs=epochs,
-            train_loss=loss_sum / max(seen, 1),
-            train_accuracy=correct / max(seen, 1),
-            val_loss=val["loss"],
-            val_accuracy=val["accuracy"],
-            lr=config.lr * _lr_factor(config, min((epoch + 1) * steps_per_epoch, total), total),
-            images_per_second=seen / max(train_seconds, 1e-9),
-            train_seconds=train_seconds,
-            epoch_seconds=epoch_seconds,
-            eta_seconds=epoch_seconds * (epochs - epoch - 1),
-        )
-        history.append(stats)
-        if time_budget_s is not None and (epoch + 1) * steps_per_epoch < total:
-            done = (epoch + 1) * steps_per_epoch
-            left = time_budget_s * (1 - BUDGET_RESERVE) - (time.perf_counter() - started)
-            step_s = train_seconds / max(seen / config.batch_size, 1)
-            total = done + steps_that_fit(left, step_s, epoch_seconds - train_seconds, steps_per_epoch)
-            epochs = math.ceil(total / steps_per_epoch)
-            progress.total, progress.epochs = total, epochs
-            logger.info(f"time budget: {left:.0f}s left, re-sized to {total} steps ({epochs} epochs)")
-        if stats.val_accuracy > best["accuracy"]:
-            best = {"epoch": epoch + 1, "accuracy": stats.val_accuracy, "state": _cpu_state(model)}
-        if checkpoint_dir is not None:
-            _write_checkpoint(
-                checkpoint_dir,
-                {
-                    "config": config.hyperparameters(),
-                    "epoch": epoch + 1,
-                    "total_steps": total,
-                    "model": model.state_dict(),
-                    "optimizers": [opt.state_dict() for opt in optimizers],
-                    "lookahead": lookahead.ema if lookahead else None,
-                    "history": [dataclasses.asdict(h) for h in history],
-                    "best": best,
-                    "extra": extra,
-                },
-            )
-        if on_epoch is not None:
-            on_epoch(stats)
-
-    final = InferenceModel(build_model(config.architecture, config.widths), mean, std, flip_tta=config.flip_tta)
-    use_best = select == "best" and best["state"] is not None
-    final.load_state_dict(best["state"] if use_best else _cpu_state(model))
-    final.eval()
-    validation = evaluate(final, val_images, val_labels, config.eval_batch_size, "fp32")
-    return TrainResult(
-        model=final,
-        history=history,
-        best_epoch=int(best["epoch"]) if use_best else epochs,
-        validation=validation,
-        resumed_from_epoch=start_epoch,
-        train_seconds=seconds,
-        precision=precision,
-        extra=extra,
-        steps=total,
-    )
-
-
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-
-
-def _on(
-    batches: Iterator[tuple[torch.Tensor, torch.Tensor]], device: torch.device
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for x, y in batches:
-        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)

@@ -14,7 +14,7 @@ from mlsd_assets.core.tuning.space import overrides
 if TYPE_CHECKING:
     import optuna
 
-    from mlsd_assets.core.training.train import TrainConfig
+    from mlsd_assets.core.training.recipes import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class TuningResult:
 
     def config(self) -> TrainConfig:
         """The recipe with the best trial's params: what `cifar10_model` trains with `use_tuned`."""
-        from mlsd_assets.core.training.train import recipe_config
+        from mlsd_assets.core.training.recipes import recipe_config
 
         return recipe_config(self.recipe, **self.fixed, **self.train_overrides())
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import optuna
 
-    from mlsd_assets.core.training.train import TrainConfig
+    from mlsd_assets.core.training.recipes import TrainConfig
 
 
 def widths_key(widths: tuple[int, int, int] | list[int]) -> str:

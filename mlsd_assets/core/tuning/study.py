@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
     from mlsd_assets.core.data.splits import Cifar10Split
     from mlsd_assets.core.training.budget import Throughput
-    from mlsd_assets.core.training.train import EpochStats, TrainConfig
+    from mlsd_assets.core.training.recipes import TrainConfig
+    from mlsd_assets.core.training.train import EpochStats
 
 FINISHED_ATTR = "finished"  # study user attr: the budget (or trial count) is spent; a re-run returns its best
 
@@ -75,7 +76,7 @@ class StudySettings:
             raise ValueError(f"pruner: {self.pruner!r} is not one of successive_halving, none")
 
     def base_config(self) -> TrainConfig:
-        from mlsd_assets.core.training.train import recipe_config
+        from mlsd_assets.core.training.recipes import recipe_config
 
         return recipe_config(self.recipe, **dict(self.fixed))
 
@@ -265,7 +266,8 @@ class _Objective:
     def __call__(self, trial: optuna.trial.Trial) -> float:
         import optuna
 
-        from mlsd_assets.core.training.train import train
+        from mlsd_assets.core.training.budget import TimeBudget
+        from mlsd_assets.core.training.train import TrainData, train
 
         params = self.space.suggest(trial)
         self.hooks.started(trial.number, params)
@@ -286,19 +288,14 @@ class _Objective:
                 raise optuna.TrialPruned(f"validation accuracy {stats.val_accuracy:.4f} at step {step}")
 
         d = self.data
+        budget = TimeBudget(budget_s - (time.monotonic() - started), eval_hint) if budget_s else None
         result = train(
-            d.x_train,
-            d.y_train,
-            d.x_val,
-            d.y_val,
-            d.mean,
-            d.std,
+            TrainData(d.x_train, d.y_train, d.x_val, d.y_val, d.mean, d.std),
             config,
             self.logger,
             on_epoch=report,
             progress_every=15.0,  # also how often the budget re-sizes the trial from its measured speed
-            time_budget_s=budget_s - (time.monotonic() - started) if budget_s else None,
-            eval_seconds_hint=eval_hint,
+            budget=budget,
         )
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("steps", result.steps)
@@ -309,15 +306,15 @@ class _Objective:
         """The trial's config sized to its budget (a probe per net shape, reused), the budget, and the probe's
         estimate of one validation pass; with `trial_epochs`, that many epochs and no budget."""
         from mlsd_assets.core.training.budget import budgeted, measure_throughput, plan_budget
+        from mlsd_assets.core.training.train import TrainData
 
         if self.settings.trial_budget_s is None:
             return dataclasses.replace(config, epochs=int(self.settings.trial_epochs or 1)), None, 0.0
         d = self.data
         shape = (config.architecture, config.widths, config.batch_size, config.precision, config.threads)
         if shape not in self.probes:
-            self.probes[shape] = measure_throughput(
-                config, d.x_train, d.y_train, d.x_val, d.mean, d.std, self.logger, steps=2, max_seconds=10.0
-            )
+            arrays = TrainData(d.x_train, d.y_train, d.x_val, d.y_val, d.mean, d.std)
+            self.probes[shape] = measure_throughput(config, arrays, self.logger, steps=2, max_seconds=10.0)
         probe = dataclasses.replace(self.probes[shape], seconds=time.monotonic() - started)
         budget_s = self.settings.trial_budget_s
         plan = plan_budget(budget_s, probe, len(d.y_train), len(d.y_val), config.batch_size)

@@ -24,11 +24,10 @@ from mlsd_assets.core.serving.runtime import ServerStartError, free_port, runnin
 from mlsd_assets.evaluation.assets import evaluation_report, model_promotion
 from mlsd_assets.evaluation.checks import check_model_promotion_accepted
 from mlsd_assets.io_manager import ArtifactIOManager
-from mlsd_assets.resources import DataPaths
+from mlsd_assets.resources import DataPaths, MLflowTracking
 from mlsd_assets.serving.assets import inference_server_image
 from mlsd_assets.training.assets import cifar10_model, cifar10_onnx
 from mlsd_assets.training.checks import check_cifar10_onnx_parity
-from mlsd_assets.training.resources import MLflowTracking
 from mlsd_assets_tests.core.serving.test_server import BAD_REQUESTS, answer, binary
 from mlsd_assets_tests.services import prometheus
 from mlsd_assets_tests.synthetic import make_split

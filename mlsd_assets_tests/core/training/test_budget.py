@@ -7,8 +7,16 @@ import time
 
 import pytest
 
-from mlsd_assets.core.training.budget import Throughput, budgeted, measure_throughput, plan_budget
-from mlsd_assets.core.training.train import BUDGET_RESERVE, recipe_config, total_steps, train
+from mlsd_assets.core.training.budget import (
+    BUDGET_RESERVE,
+    Throughput,
+    TimeBudget,
+    budgeted,
+    measure_throughput,
+    plan_budget,
+)
+from mlsd_assets.core.training.recipes import recipe_config
+from mlsd_assets.core.training.train import TrainData, total_steps, train
 from mlsd_assets_tests.synthetic import make_split
 from mlsd_assets_tests.training.tiny import TINY
 
@@ -52,23 +60,19 @@ def test_budgeted_config_sets_the_schedule_horizon() -> None:
 
 def test_tiny_budget_is_met_within_ten_percent(caplog: pytest.LogCaptureFixture) -> None:
     split = make_split(600, 100, 20)  # short epochs: training re-sizes itself several times
-    x, y = split.arrays("train")
-    xv, yv = split.arrays("validation")
+    data = TrainData.from_split(split)
     config = recipe_config("fast", **{**TINY, "threads": 1})  # one thread: least hurt by busy neighbours
     budget = 30.0
     start = time.perf_counter()
-    probe = measure_throughput(config, x, y, xv, split.mean, split.std, LOG)
+    probe = measure_throughput(config, data, LOG)
     assert probe.train_images_per_second > 0 and probe.eval_images_per_second > 0
     assert probe.precision == "fp32" and probe.cpu_model
-    plan = plan_budget(budget, probe, len(x), len(xv), config.batch_size)
+    plan = plan_budget(budget, probe, len(data.train_labels), len(data.val_labels), config.batch_size)
     assert plan.steps >= 5  # enough work that the check means something
     with caplog.at_level(logging.INFO, logger="test"):
-        result = train(
-            *(x, y, xv, yv, split.mean, split.std, budgeted(config, plan), LOG),
-            progress_every=1.0,
-            time_budget_s=budget - (time.perf_counter() - start),
-            eval_seconds_hint=len(xv) / probe.eval_images_per_second,
-        )
+        eval_hint = len(data.val_labels) / probe.eval_images_per_second
+        time_budget = TimeBudget(budget, eval_seconds_hint=eval_hint, started=start)
+        result = train(data, budgeted(config, plan), LOG, progress_every=1.0, budget=time_budget)
     elapsed = time.perf_counter() - start
     assert result.steps >= 5 and len(result.history) == -(-result.steps // plan.steps_per_epoch)
     assert abs(elapsed - budget) <= 0.1 * budget, (elapsed, plan)

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlsd_assets.core.training.train import TrainConfig, default_config, evaluate, read_checkpoint, recipe_config, train
+from mlsd_assets.core.training.recipes import RECIPES, TrainConfig, recipe_config
+from mlsd_assets.core.training.steps import evaluate
+from mlsd_assets.core.training.train import TrainData, read_checkpoint, train
 from mlsd_assets_tests.synthetic import make_split
 from mlsd_assets_tests.training.tiny import TINY
 
@@ -21,9 +23,7 @@ def split():  # type: ignore[no-untyped-def]
 
 
 def _train(split, config: TrainConfig, **kwargs):  # type: ignore[no-untyped-def]
-    x, y = split.arrays("train")
-    xv, yv = split.arrays("validation")
-    return train(x, y, xv, yv, split.mean, split.std, config, LOG, **kwargs)
+    return train(TrainData.from_split(split), config, LOG, **kwargs)
 
 
 @pytest.mark.parametrize("recipe", ["fast", "sgd"])
@@ -73,13 +73,13 @@ def test_interrupted_run_resumes_at_next_epoch_with_same_result(split, tmp_path:
 
 
 def test_checkpoint_of_another_config_is_not_resumed(split, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    _train(split, default_config("airbench", **{**TINY, "epochs": 1}), checkpoint_dir=tmp_path)
+    _train(split, recipe_config(**{**TINY, "epochs": 1}), checkpoint_dir=tmp_path)
     with pytest.raises(ValueError, match="different config"):
-        _train(split, default_config("airbench", **{**TINY, "epochs": 1, "seed": 7}), checkpoint_dir=tmp_path)
+        _train(split, recipe_config(**{**TINY, "epochs": 1, "seed": 7}), checkpoint_dir=tmp_path)
 
 
 def test_vgg11_parity_recipe_defaults() -> None:
-    config = default_config("vgg11")
+    config = recipe_config(architecture="vgg11")
     assert (config.optimizer, config.lr, config.batch_size, config.epochs) == ("adam", 1e-3, 32, 1)
 
 
@@ -95,4 +95,32 @@ def test_vgg11_parity_recipe_defaults() -> None:
 )
 def test_bad_config_is_a_clear_error(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        default_config("airbench", **overrides)
+        recipe_config(**overrides)
+
+
+def test_the_default_config_is_the_fast_recipe_and_each_recipe_differs_from_it() -> None:
+    assert TrainConfig() == recipe_config() == recipe_config("fast") == recipe_config(architecture="airbench")
+    assert (TrainConfig().optimizer, TrainConfig().batch_size) == ("muon", 2000)
+    for name, fields in RECIPES.items():
+        config = recipe_config(name)
+        assert all(getattr(TrainConfig(), k) != v for k, v in fields.items()), name
+        assert {k: getattr(config, k) for k in fields} == fields
+    with pytest.raises(ValueError, match="recipe: unknown 'huge'"):
+        recipe_config("huge")
+
+
+class _Pruned(Exception):
+    """Stands for optuna.TrialPruned, which a tuning trial raises from `on_epoch`."""
+
+
+def test_an_exception_from_on_epoch_propagates_unchanged_after_the_checkpoint(split, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    raised = _Pruned("trial pruned at epoch 1")
+
+    def prune(stats) -> None:  # type: ignore[no-untyped-def]
+        raise raised
+
+    with pytest.raises(_Pruned) as caught:
+        _train(split, recipe_config(**TINY), checkpoint_dir=tmp_path, on_epoch=prune)
+    assert caught.value is raised
+    saved = read_checkpoint(tmp_path)
+    assert saved is not None and saved["epoch"] == 1 and len(saved["history"]) == 1
