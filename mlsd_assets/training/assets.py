@@ -50,7 +50,6 @@ def cifar10_model(
     """Trains on the train split, selects the epoch by validation accuracy (test is never read here), logs the
     run to MLflow and registers the model. Resumes from the per-epoch checkpoint of an interrupted attempt."""
     overrides = require_trusted_inputs(context)  # the split's blocking checks passed, or an operator overrode them
-    from mlsd_assets.core.platform.env_info import environment
     from mlsd_assets.core.training.curves import plot_curves
     from mlsd_assets.core.training.train import TrainData, read_checkpoint, train
 
@@ -69,8 +68,7 @@ def cifar10_model(
     with mlflow.run(f"{asked.architecture}-{context.run.run_id[:8]}", tags, resume) as run_id:
         with tracking.system_metrics(mlflow, run_id):
             train_config, budget = tracking.sized_config(mlflow, run_id, asked, data, budget_s, previous, context.log)
-            tracking.log_setup(mlflow, run_id, train_config, cifar10_split, environment())
-            tracking.log_dataset(mlflow, run_id, cifar10_split, split_source(context))
+            tracking.log_setup(mlflow, run_id, train_config, cifar10_split, split_source(context))
             on_epoch, extra = tracking.epoch_logger(mlflow, run_id), {"mlflow_run_id": run_id}
             result = train(
                 data,

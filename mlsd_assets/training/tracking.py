@@ -61,10 +61,15 @@ def log_setup(
     run_id: str,
     config: TrainConfig,
     split: Cifar10Split,
-    environment: dict[str, str],
+    source: str,
 ) -> None:
-    """Hyperparameters and dataset identity as params (immutable), software versions as tags + a JSON file."""
+    """Hyperparameters and dataset identity as params (immutable), software versions as tags + a JSON file,
+    the split as the run's dataset inputs (`source`: where it is stored)."""
     from mlflow.entities import Param, RunTag
+
+    from mlsd_assets.core.platform.env_info import environment as environment_info
+
+    environment = environment_info()
 
     counts = split.counts()
     params: dict[str, Any] = {
@@ -83,6 +88,7 @@ def log_setup(
         path = Path(tmp) / "environment.json"
         path.write_text(json.dumps(environment, indent=2, sort_keys=True))
         client.log_artifact(run_id, str(path))
+    log_dataset(tracking, run_id, split, source)
 
 
 def log_dataset(tracking: MLflowTracking, run_id: str, split: Cifar10Split, source: str) -> None:

@@ -114,7 +114,6 @@ def train(
     select: Literal["best", "last"] = "best",
     budget: TimeBudget | None = None,
     progress_every: float = 15.0,
-    device: torch.device | None = None,
 ) -> TrainResult:
     """Train `config.epochs` epochs (continuing from `checkpoint_dir` if it holds a matching run); the epoch
     with the best validation accuracy is returned (`select="last"`: the final one, for benchmarks that pass
@@ -123,7 +122,7 @@ def train(
     lr schedule's horizon) are re-sized after every epoch and at every progress line from the speed just
     measured, so that training ends on time even when the machine gets slower or faster. An exception from
     `on_epoch` propagates unchanged; the checkpoint then holds that epoch."""
-    device = device or pick_device()
+    device = pick_device()
     precision = _setup(config, device, logger)
     if len(data.val_labels) == 0:
         raise ValueError("validation split is empty: model selection needs validation images")
