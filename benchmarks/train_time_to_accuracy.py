@@ -10,7 +10,10 @@ process, on the same data, precision, threads and machine; the last line is the 
 reference's time): below 1 is faster than the reference.
 
 Training time counts optimisation only (the per-epoch test pass is timed apart); the test set is used for
-reporting only, and the final epoch's model is the one measured (no selection on test).
+reporting only, and the final epoch's model is the one measured (no selection on test), also at airbench94's
+test-time augmentation levels (`tta0` none, `tta1` mirror, `tta2` mirror + one-pixel translations). Accuracy at a
+fixed `--epochs` does not depend on how busy the machine is: A/B a field by two runs with the same seed and epochs,
+e.g. `--reference none --epochs 4 --set lookahead=1` beside `--reference none --epochs 4`.
 """
 
 from __future__ import annotations
@@ -70,7 +73,9 @@ def main() -> int:
 
     import torch
 
+    from mlsd_assets.core.training.loader import eval_batches
     from mlsd_assets.core.training.recipes import TrainConfig, recipe_config
+    from mlsd_assets.core.training.steps import tta_logits
     from mlsd_assets.core.training.train import TrainData, train
 
     overrides: dict[str, object] = {}
@@ -132,12 +137,18 @@ def main() -> int:
         wall = time.perf_counter() - wall
         images = sum(len(y_train) // config.batch_size * config.batch_size for _ in result.history)
         accuracy = result.validation["accuracy"]
+        tta = []
+        for level in (0, 1, 2):
+            with torch.no_grad():
+                batches = eval_batches(x_test, config.eval_batch_size)
+                logits = np.concatenate([tta_logits(result.model, b, level).numpy() for b in batches])
+            tta.append(f"tta{level}={float((logits.argmax(1) == y_test).mean()):.4f}")
         print(
             f"RESULT preset={preset} arch={config.architecture} epochs={config.epochs}"
             f" precision={result.precision}"
             f" final_test_acc(fp32{', flip-TTA' if config.flip_tta else ''})={accuracy:.4f}"
             f" train_s={curve[-1][0]:.1f} wall_s={wall:.1f} images/s={images / curve[-1][0]:.0f}"
-            f" loadavg_end={os.getloadavg()[0]:.2f}",
+            f" loadavg_end={os.getloadavg()[0]:.2f} test_acc_by_tta_level: {' '.join(tta)}",
             flush=True,
         )
         return curve, accuracy, result.precision

@@ -161,3 +161,21 @@ def on_device(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for x, y in batches:
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def tta_logits(model: InferenceModel, images: torch.Tensor, level: int) -> torch.Tensor:
+    """airbench94's test-time augmentation of raw uint8 NHWC images: 0 none; 1 mirror (the mean of the image's
+    and its mirror's logits); 2 mirror and translate (half the mirrored logits, half those of the image shifted
+    one pixel up-left and one down-right, reflect-padded, each mirrored too): 1, 2 and 6 forward passes."""
+    x = model.preprocess(images)
+    if level == 0:
+        return model.net(x)
+
+    def mirrored(v: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (model.net(v) + model.net(torch.flip(v, dims=[3])))
+
+    if level == 1:
+        return mirrored(x)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = 0.5 * (mirrored(padded[:, :, :32, :32]) + mirrored(padded[:, :, 2:, 2:]))
+    return 0.5 * mirrored(x) + 0.5 * shifted
