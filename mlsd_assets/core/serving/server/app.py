@@ -91,7 +91,7 @@ async def _read_body(request: Request, limits: Limits, budget: ByteBudget, held:
 def create_app(
     predictor: Predictor, limits: Limits | None = None, batching: BatchingConfig | None = None
 ) -> MetricsMiddleware:
-    """Inference runs on the batcher's worker thread; the event loop only parses, queues and answers."""
+    """One event loop parses, queues, runs the batched model (batching.py) and answers."""
     limits = limits or Limits()
     batching = batching or BatchingConfig()
     contract = predictor.contract
@@ -210,13 +210,13 @@ def create_app(
 
     model = "/v2/models/{name}"
     versioned = "/v2/models/{name}/versions/{version}"
-    routes = [
+    routes = [  # infer first: Starlette tries the routes in order, and infer is the hot path
+        *(Route(f"{base}/infer", infer, methods=["POST"]) for base in (model, versioned)),
         Route("/v2", server_metadata, methods=["GET"]),
         Route("/v2/health/live", live, methods=["GET"]),
         Route("/v2/health/ready", ready, methods=["GET"]),
         *(Route(base, model_metadata, methods=["GET"]) for base in (model, versioned)),
         *(Route(f"{base}/ready", model_ready, methods=["GET"]) for base in (model, versioned)),
-        *(Route(f"{base}/infer", infer, methods=["POST"]) for base in (model, versioned)),
         Route("/v2/repository/index", repository_index, methods=["POST"]),
         Route("/metrics", prometheus, methods=["GET"]),
     ]

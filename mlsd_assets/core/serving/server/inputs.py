@@ -75,11 +75,13 @@ def parse_header(body: bytes | memoryview, header_length: str | None) -> tuple[d
         json_part, binary = view[: int(header_length)], view[int(header_length) :]
     if not json_part:
         raise InputError(400, "empty body: send a v2 inference request (JSON object with an inputs list)")
-    depth = json_depth(json_part)
-    if depth > MAX_JSON_DEPTH:
-        raise InputError(400, f"JSON nested {depth} deep exceeds the limit of {MAX_JSON_DEPTH}")
+    text = bytes(json_part)
+    if text.count(b"[") + text.count(b"{") > MAX_JSON_DEPTH:  # fewer brackets cannot nest deeper: skip the scan
+        depth = json_depth(text)
+        if depth > MAX_JSON_DEPTH:
+            raise InputError(400, f"JSON nested {depth} deep exceeds the limit of {MAX_JSON_DEPTH}")
     try:
-        doc = json.loads(bytes(json_part))
+        doc = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise InputError(400, f"body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
