@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 from mlsd_assets.core.data.splits import Cifar10Split  # noqa: E402
 from mlsd_assets.core.serving import graph as sg  # noqa: E402
 from mlsd_assets.core.serving.export import export_onnx  # noqa: E402
+from mlsd_assets.core.serving.server.model import inference_session  # noqa: E402
 from mlsd_assets.core.training.artifacts import TrainedModel  # noqa: E402
 
 log = logging.getLogger("served_graph")
@@ -100,10 +101,10 @@ def main() -> None:
     print(f"built {len(variants)} variants in {time.perf_counter() - start:.0f} s")
 
     threads = [int(t) for t in args.threads.split(",")]
-    expected = sg.logits(sg.session(reference, max(threads)), x_val)[0].argmax(1)
+    expected = sg.logits(inference_session(reference, max(threads)), x_val)[0].argmax(1)
     rows: dict[str, dict] = {}
     for name, data in variants.items():
-        model_session = sg.session(data, max(threads))
+        model_session = inference_session(data, max(threads))
         val_pred = sg.logits(model_session, x_val)[0].argmax(1)
         test_pred = sg.logits(model_session, x_test)[0].argmax(1)
         rows[name] = {
@@ -114,7 +115,7 @@ def main() -> None:
         }
     sample = np.ascontiguousarray(x_val[: args.throughput_images])
     for t in threads:
-        sessions = {name: sg.session(data, t) for name, data in variants.items()}
+        sessions = {name: inference_session(data, t) for name, data in variants.items()}
         single = sg.single_image_ms(sessions, x_val, args.latency_runs)
         for name, s in sessions.items():
             s.run(None, {"images": sample[:256]})  # warm-up at the batch shape

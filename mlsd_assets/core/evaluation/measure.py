@@ -17,9 +17,9 @@ class EvaluationError(RuntimeError):
 
 def offline_predictions(model_bytes: bytes, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """The same ONNX file run in-process: the reference the server must reproduce exactly."""
-    import onnxruntime as ort
+    from mlsd_assets.core.serving.server.model import inference_session
 
-    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    session = inference_session(model_bytes)
     name, out = session.get_inputs()[0].name, session.get_outputs()[0].name
     starts = range(0, len(images), batch_size)
     chunks = [session.run([out], {name: images[i : i + batch_size]})[0] for i in starts]

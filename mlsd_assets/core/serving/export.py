@@ -117,11 +117,9 @@ def _check_interface(proto: onnx.ModelProto) -> None:
 
 
 def onnx_logits(model_bytes: bytes, images: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
+    from mlsd_assets.core.serving.server.model import inference_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(torch.get_num_threads(), 1)
-    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    session = inference_session(model_bytes, max(torch.get_num_threads(), 1))
     return session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images, dtype=np.uint8)})[0]
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from mlsd_assets.core.serving.export import INPUT_NAME, OUTPUT_NAME
+from mlsd_assets.core.serving.server.model import inference_session
 from mlsd_assets.core.training.artifacts import REFERENCE_SHA_KEY, SERVING_PREFIX
 
 # Simplest first: on a latency tie (within TIE_TOLERANCE) the earlier, simpler graph is served.
@@ -115,35 +116,13 @@ def with_metadata(model_bytes: bytes, metadata: dict[str, str]) -> bytes:
     return proto.SerializeToString()
 
 
-def session(model_bytes: bytes, threads: int):  # noqa: ANN201 (onnxruntime is imported lazily)
-    """An ORT session with the inference server's options, so measured latency is what the server gets."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
-
-
 def optimize_offline(model_bytes: bytes) -> bytes:
-    """ORT's graph optimizations applied once and saved (ORT_ENABLE_EXTENDED).
-
-    EXTENDED, not ALL: ALL adds NCHWc layout transforms sized to this CPU's vector width, so the saved file
-    would be tied to this hardware; EXTENDED's fusions (Conv+activation, GELU, ...) are ORT contrib ops that
-    any CPU runs. Either way the file needs ONNX Runtime (same or newer version) to load: the image pins the
-    version that wrote it.
-    """
-    import onnxruntime as ort
-
+    """ORT's graph optimizations applied once and saved (EXTENDED: Conv+activation, GELU, ... fusions as ORT
+    contrib ops that any CPU runs). The file needs ONNX Runtime (same or newer) to load: the image pins the
+    version that wrote it."""
     with tempfile.TemporaryDirectory(prefix="mlsd-ort-") as tmp:
         out = Path(tmp) / "optimized.onnx"
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        opts.optimized_model_filepath = str(out)
-        ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+        inference_session(model_bytes, save_optimized=out)
         return out.read_bytes()
 
 
@@ -308,8 +287,8 @@ def measure(
     if len(images) == 0:
         raise ValueError("cifar10_split: the validation split is empty; cannot measure the served variants")
     images = np.ascontiguousarray(images, dtype=np.uint8)
-    expected = logits(session(reference, threads), images)[0].argmax(1)
-    sessions = {name: session(data, threads) for name, data in variants.items()}
+    expected = logits(inference_session(reference, threads), images)[0].argmax(1)
+    sessions = {name: inference_session(data, threads) for name, data in variants.items()}
     batch = {}
     for name, model in sessions.items():
         out, per_s = logits(model, images)
@@ -461,8 +440,8 @@ def agreement(
     """Re-measure the served graph against the fp32 graph on `images`. A file without a recorded choice (from
     before variants) is its own fp32 graph and is allowed no drop."""
     images = np.ascontiguousarray(images, dtype=np.uint8)
-    served_pred = logits(session(served, 1), images)[0].argmax(1)
-    fp32_pred = served_pred if fp32 is served else logits(session(fp32, 1), images)[0].argmax(1)
+    served_pred = logits(inference_session(served, 1), images)[0].argmax(1)
+    fp32_pred = served_pred if fp32 is served else logits(inference_session(fp32, 1), images)[0].argmax(1)
     figures = json.loads(metadata.get(f"{SERVING_PREFIX}figures", "[]"))
     return Agreement(
         images=len(images),

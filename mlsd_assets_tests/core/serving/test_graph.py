@@ -14,6 +14,7 @@ import torch
 
 from mlsd_assets.core.serving import graph as sg
 from mlsd_assets.core.serving.export import INPUT_NAME, export_onnx
+from mlsd_assets.core.serving.server.model import inference_session
 from mlsd_assets.core.training.artifacts import REFERENCE_SHA_KEY, OnnxModel
 from mlsd_assets.core.training.models import InferenceModel, build_model
 from mlsd_assets_tests.core.serving.test_export import tamper_normalisation
@@ -72,7 +73,7 @@ def test_every_variant_keeps_the_contract_and_the_preprocessing_in_fp32(graphs) 
         assert inp.name == INPUT_NAME and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8, name
         assert {n.op_type for n in proto.graph.node if INPUT_NAME in n.input} <= {"Transpose", "Cast"}, name
         assert {p.key: p.value for p in proto.metadata_props}["mlsd.registered_model_version"] == "3", name
-        out = sg.session(data, 1).run(None, {INPUT_NAME: val})[0]
+        out = inference_session(data, 1).run(None, {INPUT_NAME: val})[0]
         assert out.shape == (5, 10) and out.dtype == np.float32, name
     assert variants["fp32"] == graphs["fp32"] and variants["fp32_tta"] == graphs["fp32_tta"]
 
@@ -96,8 +97,8 @@ def test_int8_quantizes_the_inner_convs_and_keeps_first_and_last_layers_fp32(gra
 
 def test_int8_logits_track_fp32(graphs) -> None:  # type: ignore[no-untyped-def]
     val = graphs["val"]
-    fp32 = sg.logits(sg.session(graphs["fp32"], 1), val)[0]
-    int8 = sg.logits(sg.session(graphs["variants"]["int8"], 1), val)[0]
+    fp32 = sg.logits(inference_session(graphs["fp32"], 1), val)[0]
+    int8 = sg.logits(inference_session(graphs["variants"]["int8"], 1), val)[0]
     assert np.corrcoef(fp32.ravel(), int8.ravel())[0, 1] > 0.95
     assert not np.array_equal(fp32, int8)  # really a different graph
 
@@ -108,7 +109,7 @@ def test_measure_scores_accuracy_and_agreement_against_the_reference(graphs) -> 
     by_name = {f.name: f for f in measured}
     assert by_name["fp32_tta"].accuracy == 1.0 and by_name["fp32_tta"].agreement == 1.0
     assert by_name["ort_tta"].agreement == 1.0
-    predicted = sg.logits(sg.session(graphs["fp32"], 1), graphs["val"])[0].argmax(1)
+    predicted = sg.logits(inference_session(graphs["fp32"], 1), graphs["val"])[0].argmax(1)
     assert by_name["fp32"].accuracy == pytest.approx((predicted == graphs["labels"]).mean())
     assert by_name["fp32"].agreement == by_name["fp32"].accuracy  # labels are the reference's predictions
     for f in measured:

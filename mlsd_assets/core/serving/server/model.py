@@ -99,18 +99,31 @@ def _json_or_raw(value: str | None) -> Any:
         return value
 
 
+def inference_session(
+    model: bytes | str | Path, intra_op_threads: int = 0, spinning: bool = False, save_optimized: Path | None = None
+) -> ort.InferenceSession:
+    """The one way the project opens an ONNX model, so what is measured anywhere is what the server runs: CPU,
+    sequential graph, `intra_op_threads` (0: all cores), no busy-spinning unless asked, every graph optimization.
+    `save_optimized` writes ORT's optimized graph there instead, at EXTENDED level: ALL adds NCHWc layout
+    transforms sized to this CPU's vector width, which would tie the saved file to this hardware."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra_op_threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if save_optimized is not None:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        opts.optimized_model_filepath = str(save_optimized)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
 class Predictor:
-    """One ORT session: sequential graph, intra-op threads over all cores (0), no busy-spinning by default.
-    Called from one worker thread only (see batching.py), so calls never compete for the same cores."""
+    """One ORT session (`inference_session`), run by the batcher one call at a time on the event loop's thread."""
 
     def __init__(self, model_path: Path, intra_op_threads: int = 0, spinning: bool = False) -> None:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = intra_op_threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+        self.session = inference_session(model_path, intra_op_threads, spinning)
         self.contract = ModelContract.from_session(model_path, self.session)
         self._outputs = [self.contract.output_name]
         # Warm up before /v2/health/ready says ok, so the first client does not pay for lazy initialisation.
