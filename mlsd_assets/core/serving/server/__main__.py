@@ -29,35 +29,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--intra-op-threads", type=int, default=0, help="ORT threads per call (0: all cores)")
     parser.add_argument("--spinning", action="store_true", help="let ORT threads busy-wait (more CPU)")
     parser.add_argument("--batching", type=_flag, default=True, help="coalesce concurrent requests (on/off)")
-    parser.add_argument(
-        "--max-batch-size",
-        type=int,
-        default=BatchingConfig.max_batch_size,
-        help="images per ORT call; bigger requests run in chunks of this size",
+    numbers = (  # (flag, type, default, help)
+        ("--max-batch-size", int, BatchingConfig.max_batch_size, "images per ORT call; bigger requests run in chunks"),
+        ("--max-queue-delay-us", int, BatchingConfig.max_queue_delay_us, "wait of a batch's first request (0: none)"),
+        ("--max-request-images", int, Limits.max_batch, "images per request"),
+        ("--max-body-bytes", int, Limits.max_body_bytes, "body bytes per request"),
+        ("--max-inflight-bytes", int, Limits.max_inflight_bytes, "bodies held by all requests together; beyond: 503"),
+        ("--body-timeout-s", float, Limits.body_timeout_s, "the whole body must arrive within this"),
+        ("--max-head-bytes", int, MAX_HEAD_BYTES, "request line + headers; beyond: 431"),
+        ("--head-timeout-s", float, HEAD_TIMEOUT_S, "the request head must arrive within this"),
+        ("--max-connections", int, 512, "open connections (and in-flight requests) before new requests get 503"),
     )
-    parser.add_argument(
-        "--max-queue-delay-us",
-        type=int,
-        default=BatchingConfig.max_queue_delay_us,
-        help="how long the first request of a batch waits for others (0: take what is queued)",
-    )
-    parser.add_argument("--max-request-images", type=int, default=Limits.max_batch)
-    parser.add_argument("--max-body-bytes", type=int, default=Limits.max_body_bytes)
-    parser.add_argument(
-        "--max-inflight-bytes",
-        type=int,
-        default=Limits.max_inflight_bytes,
-        help="request bodies held by all requests together; beyond it: 503",
-    )
-    parser.add_argument("--body-timeout-s", type=float, default=Limits.body_timeout_s)
-    parser.add_argument("--max-head-bytes", type=int, default=MAX_HEAD_BYTES)
-    parser.add_argument("--head-timeout-s", type=float, default=HEAD_TIMEOUT_S)
-    parser.add_argument(
-        "--max-connections",
-        type=int,
-        default=512,
-        help="open connections (and in-flight requests) before new requests get 503",
-    )
+    for flag, kind, default, help_text in numbers:
+        parser.add_argument(flag, type=kind, default=default, help=help_text)
     parser.add_argument("--keep-alive-s", type=int, default=5, help="idle keep-alive connections close after")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)

@@ -8,6 +8,7 @@ import logging
 
 import numpy as np
 import onnxruntime as ort
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -15,7 +16,7 @@ from starlette.routing import Route
 
 from .batching import Batcher, BatchingConfig
 from .inputs import InferRequest, InputError, Limits, infer_request, parse_header
-from .metrics import CLIENT_GONE, CONTENT_TYPE, Metrics, MetricsMiddleware
+from .metrics import CLIENT_GONE, Metrics, MetricsMiddleware
 from .model import Predictor
 
 log = logging.getLogger("mlsd_server")
@@ -196,7 +197,7 @@ def create_app(
         return _infer_response(parsed, logits, name, version, contract.output_name)
 
     async def prometheus(request: Request) -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("internal error on %s %s", request.method, request.url.path)

@@ -130,28 +130,32 @@ def infer_request(
             raise InputError(400, f"{where}: give either data or binary_data_size, not both")
     elif len(binary):
         raise InputError(400, f"{len(binary)} bytes after the JSON header but no input declares binary_data_size")
-    datatype = tensor.get("datatype")
-    if datatype == "UINT8":
-        images = _uint8(tensor, shape, binary if size is not None else None, image_shape, limits, where)
-    elif datatype == "BYTES":
-        images = _encoded(tensor, shape, binary if size is not None else None, image_shape, limits, where)
-    else:
+    decode = {"UINT8": _uint8, "BYTES": _encoded}.get(tensor.get("datatype"))
+    if decode is None:
         raise InputError(
-            400, f"{where}: datatype must be UINT8 (raw NHWC pixels) or BYTES (PNG/JPEG files), got {datatype!r}"
+            400,
+            f"{where}: datatype must be UINT8 (raw NHWC pixels) or BYTES (PNG/JPEG files), got "
+            f"{tensor.get('datatype')!r}",
         )
+    images = decode(_Tensor(tensor, shape, binary if size is not None else None, where), image_shape, limits)
     outputs, binary_outputs = _requested_outputs(doc)
     request_id = doc.get("id")
     return InferRequest(images, str(request_id) if request_id is not None else None, outputs, binary_outputs)
 
 
-def _uint8(
-    tensor: dict,
-    shape: tuple[int, ...],
-    binary: memoryview | None,
-    image_shape: tuple,
-    limits: Limits,
-    where: str,
-) -> np.ndarray:
+@dataclass(frozen=True)
+class _Tensor:
+    """The input tensor of a request: its JSON object, declared shape, binary data (None: JSON data), and where
+    it is, for error messages."""
+
+    doc: dict
+    shape: tuple[int, ...]
+    binary: memoryview | None
+    where: str
+
+
+def _uint8(t: _Tensor, image_shape: tuple, limits: Limits) -> np.ndarray:
+    tensor, shape, binary, where = t.doc, t.shape, t.binary, t.where
     expected = ",".join(map(str, image_shape))
     if len(shape) != 4 or shape[1:] != image_shape:
         raise InputError(400, f"{where}: UINT8 shape must be [N,{expected}] (NHWC), got {list(shape)}")
@@ -201,14 +205,8 @@ def _elements(binary: memoryview, n: int, limits: Limits, where: str) -> list[me
     return out
 
 
-def _encoded(
-    tensor: dict,
-    shape: tuple[int, ...],
-    binary: memoryview | None,
-    image_shape: tuple,
-    limits: Limits,
-    where: str,
-) -> np.ndarray:
+def _encoded(t: _Tensor, image_shape: tuple, limits: Limits) -> np.ndarray:
+    tensor, shape, binary, where = t.doc, t.shape, t.binary, t.where
     if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
         raise InputError(400, f"{where}: BYTES shape must be [N] (one encoded image each), got {list(shape)}")
     n = _batch(shape[0], limits, where)
