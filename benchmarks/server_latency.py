@@ -1,13 +1,21 @@
 """Inference server latency and throughput (Open Inference Protocol v2), side by side with bare ONNX Runtime.
 
     .venv/bin/python benchmarks/server_latency.py --untrained airbench        # random weights, same compute
-    .venv/bin/python benchmarks/server_latency.py --model .mlsd/data/artifacts/cifar10_onnx/latest.onnx
+    .venv/bin/python benchmarks/server_latency.py --model .mlsd/data/artifacts/cifar10_onnx/latest.onnx \
+        .mlsd/data/artifacts/cifar10_onnx/latest.reference-*.onnx           # the served graph and its fp32 graph
 
-One run prints, for the same graph and the same ORT intra-op threads: bare ORT in this process (the limit: 1-image
-p50/p99, batched images/s), then the server in its container (host network): 1-image p50/p99 on one keep-alive
-connection and the overhead over bare ORT, requests/s at 16 connections with dynamic batching on and off, batched
-images/s. Goals on 2 cores: overhead <= 0.15 ms, p50 <= 1 ms, >= 1,500 req/s, >= 3,000 images/s batched.
-The client is a small asyncio raw-HTTP/1.1 client (uvloop when installed) sending binary v2 tensors.
+One run prints, per graph, for the same ORT intra-op threads: the server in its container (host network; the image
+is built once, the other graphs bind-mounted over its model) beside bare ORT in this process (the limit) on the
+same images, each image to both back to back (so load from other processes falls on both alike): 1-image p50/p99
+and the overhead (p50 of the per-image differences), requests/s at 16 connections with dynamic batching on and off,
+batched images/s; then a table of all graphs. Goals on 2 cores: overhead <= 0.15 ms, p50 <= 1 ms, >= 1,500 req/s,
+>= 3,000 images/s batched. `--runtime container process` also runs the same server package as a host process: on
+a machine shared with other work, Docker's cgroup (cgroup v1: every container together holds one cpu.shares=1024
+entity beside each host task) starves the container when the host is loaded, which the bare-ORT limit in this
+process does not suffer; the process row shows the server's own cost.
+The load generator is a small asyncio raw-HTTP/1.1 client on uvloop sending binary v2 tensors (an httpx client
+costs several times more CPU per request, which on 2 cores would measure the client); its CPU seconds per request
+are printed beside each rate, so it can be seen not to be the bottleneck.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import logging
 import os
 import platform
 import re
+import resource
 import sys
 import time
 from collections.abc import Iterator
@@ -90,25 +99,19 @@ def percentiles_ms(seconds: list[float]) -> tuple[float, float]:
     return float(p50), float(p99)
 
 
-def bare_ort(model_path: Path, images: np.ndarray, threads: int, batch: int) -> float:
-    """The limit: the server's own Predictor (same session options), called directly. Returns p50 in ms."""
+def bare_ort(model_path: Path, threads: int):  # noqa: ANN201 (a Predictor; imported lazily)
+    """The limit: the server's own Predictor (same session options), called directly in this process."""
     from mlsd_assets.core.serving.server.model import Predictor
 
-    predictor = Predictor(model_path, intra_op_threads=threads)
-    for i in range(min(200, len(images))):
-        predictor.logits(images[i : i + 1])
-    seconds = []
-    for i in range(len(images)):
-        t0 = time.perf_counter()
-        predictor.logits(images[i : i + 1])
-        seconds.append(time.perf_counter() - t0)
+    return Predictor(model_path, intra_op_threads=threads)
+
+
+def bare_batched_rate(predictor, images: np.ndarray, batch: int) -> float:  # noqa: ANN001
+    predictor.logits(images[:batch])
     start = time.perf_counter()
     for lo in range(0, len(images), batch):
         predictor.logits(images[lo : lo + batch])
-    rate = len(images) / (time.perf_counter() - start)
-    p50, p99 = percentiles_ms(seconds)
-    print(f"  bare ORT: 1 image p50 {p50:.3f} ms  p99 {p99:.3f} ms; batch {batch}: {rate:,.0f} images/s")
-    return p50
+    return len(images) / (time.perf_counter() - start)
 
 
 def infer_request(model_name: str, images: np.ndarray, path: str | None = None) -> bytes:
@@ -147,20 +150,39 @@ async def roundtrip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     return body
 
 
-async def single_latency(port: int, requests: list[bytes]) -> list[float]:
+async def paired_latency(
+    port: int,
+    requests: list[bytes],
+    predictor,
+    images: np.ndarray,  # noqa: ANN001
+) -> tuple[list[float], list[float]]:
+    """Seconds per image through the server and through bare ORT, back to back, in alternating order."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    for req in requests[:200]:  # warm-up
+    for i, req in enumerate(requests[:200]):  # warm-up
         await roundtrip(reader, writer, req)
-    seconds = []
-    for req in requests:
-        t0 = time.perf_counter()
-        await roundtrip(reader, writer, req)
-        seconds.append(time.perf_counter() - t0)
+        predictor.logits(images[i : i + 1])
+    server, bare = [], []
+    for i, req in enumerate(requests):
+        for which in ("server", "bare") if i % 2 else ("bare", "server"):
+            t0 = time.perf_counter()
+            if which == "server":
+                await roundtrip(reader, writer, req)
+                server.append(time.perf_counter() - t0)
+            else:
+                predictor.logits(images[i : i + 1])
+                bare.append(time.perf_counter() - t0)
     writer.close()
-    return seconds
+    return server, bare
 
 
-async def concurrent_rate(port: int, requests: list[bytes], connections: int, duration: float) -> float:
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def concurrent_rate(port: int, requests: list[bytes], connections: int, duration: float) -> tuple[float, float]:
+    """Requests/s, and the client's own CPU seconds per request (to see it is not the bottleneck)."""
+
     async def worker(k: int, deadline: float) -> int:
         r, w = await asyncio.open_connection("127.0.0.1", port)
         done = 0
@@ -170,9 +192,9 @@ async def concurrent_rate(port: int, requests: list[bytes], connections: int, du
         w.close()
         return done
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     counts = await asyncio.gather(*(worker(k, start + duration) for k in range(connections)))
-    return sum(counts) / (time.perf_counter() - start)
+    return sum(counts) / (time.perf_counter() - start), (cpu_seconds() - cpu) / max(sum(counts), 1)
 
 
 async def batched_rate(port: int, requests: list[bytes], images: int) -> float:
@@ -187,9 +209,15 @@ async def batched_rate(port: int, requests: list[bytes], images: int) -> float:
 
 @contextmanager
 def server_container(
-    image_id: str, threads: int, batching: bool, extra: dict[str, str] | None = None
+    image_id: str,
+    threads: int,
+    batching: bool,
+    extra: dict[str, str] | None = None,
+    model: Path | None = None,
+    cpu_shares: int | None = None,
 ) -> Iterator[tuple[int, object]]:
-    """The image on the host network (no proxy between client and server), removed afterwards."""
+    """The image on the host network (no proxy between client and server), removed afterwards; `model` is
+    bind-mounted over the image's own (one build serves every graph)."""
     from mlsd_assets.core.serving.runtime import free_port, wait_healthy
     from mlsd_assets.resources import DockerEngine
 
@@ -200,6 +228,7 @@ def server_container(
         "MLSD_INTRA_OP_THREADS": str(threads),
         "MLSD_BATCHING": "on" if batching else "off",
     } | (extra or {})
+    volumes = {str(model.resolve()): {"bind": "/app/model.onnx", "mode": "ro"}} if model else None
     container = (
         DockerEngine()
         .client()
@@ -209,6 +238,8 @@ def server_container(
             network_mode="host",
             name=f"mlsd-bench-{port}",
             environment=env,
+            volumes=volumes,
+            cpu_shares=cpu_shares,
         )
     )
     try:
@@ -216,6 +247,25 @@ def server_container(
         yield port, container
     finally:
         container.remove(force=True)
+
+
+@contextmanager
+def server_process(model: Path, threads: int, batching: bool) -> Iterator[tuple[int, object]]:
+    """The same server package as a process on the host (no container cgroup, see the docstring)."""
+    import subprocess
+
+    from mlsd_assets.core.serving.runtime import free_port, stop_process, wait_healthy
+
+    port = free_port()
+    args = ["--model", str(model), "--port", str(port), "--log-level", "warning", "--intra-op-threads", str(threads)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlsd_assets.core.serving.server", *args, "--batching", "on" if batching else "off"]
+    )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", 120, lambda: None if proc.poll() is None else "exited")
+        yield port, proc
+    finally:
+        stop_process(proc, timeout_s=10)
 
 
 def build_server_image(model_path: Path, work: Path, base_image: str, tag: str) -> tuple[str, int]:
@@ -228,10 +278,58 @@ def build_server_image(model_path: Path, work: Path, base_image: str, tag: str) 
     return built.image_id, built.size_bytes
 
 
+def graph_name(path: Path) -> tuple[str, str]:
+    """(registered model name, served variant) from the file's metadata."""
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    variant = meta.get("mlsd.serving.variant") or "fp32 (no variant recorded: the fp32 export)"
+    return meta.get("mlsd.registered_model_name") or "model", variant
+
+
+def measure_graph(
+    args: argparse.Namespace, path: Path, image_id: str, images: np.ndarray, mount: bool, runtime: str
+) -> dict:
+    name, variant = graph_name(path)
+    print(f"graph {path.name}: {variant}; server as a {runtime}")
+    predictor = bare_ort(path, args.threads)
+    singles = [infer_request(name, images[i : i + 1]) for i in range(len(images))]
+    batches = [infer_request(name, images[lo : lo + args.batch]) for lo in range(0, len(images), args.batch)]
+    row: dict = {"graph": variant.split(" ")[0], "runtime": runtime}
+    for batching in (True, False):
+        if runtime == "container":
+            server = server_container(image_id, args.threads, batching, model=path if mount else None)
+        else:
+            server = server_process(path, args.threads, batching)
+        with server as (port, _):
+            if batching:
+                server_s, bare_s = asyncio.run(paired_latency(port, singles, predictor, images))
+                row["bare_p50"], row["bare_p99"] = percentiles_ms(bare_s)
+                row["p50"], row["p99"] = percentiles_ms(server_s)
+                row["overhead"] = float(np.median(np.subtract(server_s, bare_s)) * 1000)
+                row["bare_batched"] = bare_batched_rate(predictor, images, args.batch)
+                row["batched"] = asyncio.run(batched_rate(port, batches, len(images)))
+                print(
+                    f"  1 image: server p50 {row['p50']:.3f} ms p99 {row['p99']:.3f} ms; bare ORT p50 "
+                    f"{row['bare_p50']:.3f} ms p99 {row['bare_p99']:.3f} ms; overhead {row['overhead']:+.3f} ms"
+                )
+                print(
+                    f"  batch {args.batch}: server {row['batched']:,.0f} images/s, bare ORT {row['bare_batched']:,.0f}"
+                )
+            rps, client_cpu = asyncio.run(concurrent_rate(port, singles, args.connections, args.duration))
+            row["rps_on" if batching else "rps_off"] = rps
+            print(
+                f"  1 image per request, {args.connections} connections, batching {'on ' if batching else 'off'}: "
+                f"{rps:,.0f} requests/s (client CPU {client_cpu * 1e6:.0f} us per request = "
+                f"{client_cpu * rps:.0%} of one core)"
+            )
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", type=Path, help="ONNX file with the mlsd.* contract")
+    source.add_argument("--model", type=Path, nargs="+", help="ONNX files with the mlsd.* contract (same model name)")
     source.add_argument("--untrained", metavar="ARCH", help="export ARCH (e.g. airbench) with random weights")
     parser.add_argument("--no-tta", action="store_true", help="with --untrained: the graph without flip-TTA")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -240,6 +338,13 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of each concurrent phase")
     parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads, server and bare (0: all)")
+    parser.add_argument(
+        "--runtime",
+        nargs="+",
+        choices=("container", "process"),
+        default=["container"],
+        help="where the server runs: its container (the deliverable), and/or a host process of the same package",
+    )
     parser.add_argument("--base-image", default="mlsd/python-base:bookworm")
     parser.add_argument("--tag", default="mlsd/cifar10-server:bench")
     parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "out" / "server_latency")
@@ -254,41 +359,42 @@ def main() -> None:
 
     images = test_images(args.data, args.images)
     args.work.mkdir(parents=True, exist_ok=True)
-    model_path = args.work / "model.onnx"
-    model_path.write_bytes(
-        args.model.read_bytes() if args.model else untrained_model(args.untrained, False if args.no_tta else None)
-    )
-    import onnx
-
-    meta = {p.key: p.value for p in onnx.load(str(model_path), load_external_data=False).metadata_props}
-    name = meta.get("mlsd.registered_model_name") or "model"
-    variant = meta.get("mlsd.serving.variant", "fp32 (no served variant recorded in the metadata)")
-    print(f"CPU: {cpu_name()}")
+    paths = []  # copies, readable by the container's user
+    for i, src in enumerate(args.model or [None]):
+        paths.append(args.work / f"model{i}.onnx")
+        paths[-1].write_bytes(
+            src.read_bytes() if src else untrained_model(args.untrained, False if args.no_tta else None)
+        )
+        paths[-1].chmod(0o644)
+    print(f"CPU: {cpu_name()}; load average {os.getloadavg()[0]:.1f} at the start")
     print(
-        f"{len(images)} real CIFAR-10 test images; model {args.model or args.untrained + ' (untrained)'}"
-        f"{' without flip-TTA' if args.no_tta else ''}; "
-        f"graph: {variant}; ORT intra-op threads: {args.threads or 'all cores'}"
+        f"{len(images)} real CIFAR-10 test images; models: "
+        f"{', '.join(map(str, args.model)) if args.model else args.untrained + ' (untrained)'}"
+        f"{' without flip-TTA' if args.no_tta else ''}; ORT intra-op threads: {args.threads or 'all cores'}"
     )
-    bare_p50 = bare_ort(model_path, images, args.threads, args.batch)
-    image_id, size = build_server_image(model_path, args.work, args.base_image, args.tag)
-    singles = [infer_request(name, images[i : i + 1]) for i in range(len(images))]
-    batches = [infer_request(name, images[lo : lo + args.batch]) for lo in range(0, len(images), args.batch)]
-    print(f"  server container ({size / 1e6:.0f} MB image, host network):")
-    for batching in (True, False):
-        with server_container(image_id, args.threads, batching) as (port, _):
-            if batching:
-                p50, p99 = percentiles_ms(asyncio.run(single_latency(port, singles)))
-                print(
-                    f"    1 image, 1 connection: p50 {p50:.3f} ms  p99 {p99:.3f} ms "
-                    f"(overhead over bare ORT p50: {p50 - bare_p50:+.3f} ms)"
-                )
-                rate = asyncio.run(batched_rate(port, batches, len(images)))
-                print(f"    batch {args.batch} per request: {rate:,.0f} images/s")
-            rps = asyncio.run(concurrent_rate(port, singles, args.connections, args.duration))
-            print(
-                f"    1 image per request, {args.connections} connections, batching "
-                f"{'on ' if batching else 'off'}: {rps:,.0f} requests/s"
-            )
+    image_id = ""
+    if "container" in args.runtime:
+        image_id, size = build_server_image(paths[0], args.work, args.base_image, args.tag)
+        print(f"server container: {size / 1e6:.0f} MB image, host network")
+    rows = [
+        measure_graph(args, path, image_id, images, mount=i > 0, runtime=runtime)
+        for runtime in args.runtime
+        for i, path in enumerate(paths)
+    ]
+    print(f"load average {os.getloadavg()[0]:.1f} at the end\n")
+    print(
+        "| graph | server | bare ORT p50 / p99 ms | server p50 / p99 ms | overhead ms | req/s batching on / off "
+        "| batched img/s (bare) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['graph']} | {r['runtime']} | {r['bare_p50']:.3f} / {r['bare_p99']:.3f} "
+            f"| {r['p50']:.3f} / {r['p99']:.3f} "
+            f"| {r['overhead']:+.3f} | {r['rps_on']:,.0f} / {r['rps_off']:,.0f} | {r['batched']:,.0f} "
+            f"({r['bare_batched']:,.0f}) |"
+        )
+    print("goals: overhead <= 0.15 ms, p50 <= 1 ms, >= 1,500 req/s, >= 3,000 images/s batched")
 
 
 if __name__ == "__main__":
