@@ -22,7 +22,7 @@ from starlette.testclient import TestClient
 from mlsd_assets.core.evaluation.client import infer_body, infer_outputs
 from mlsd_assets.core.evaluation.measure import server_counters
 from mlsd_assets.core.serving.server.app import create_app
-from mlsd_assets.core.serving.server.batching import BatchingConfig
+from mlsd_assets.core.serving.server.batching import Batcher, BatchingConfig
 from mlsd_assets.core.serving.server.inputs import Limits
 from mlsd_assets.core.serving.server.model import ModelContractError, Predictor
 from mlsd_assets_tests.core.serving.onnx_models import write_tiny_model
@@ -385,3 +385,29 @@ def test_batching_on_coalesces_and_off_runs_one_call_per_request(
     got = asyncio.run(scenario())
     assert slow.calls == expected_calls
     np.testing.assert_array_equal(np.concatenate(got), expected)
+
+
+def test_queue_delay_waits_for_company_unless_the_batch_is_full():
+    """max_queue_delay_us: requests spread over a few ms share one call; a full batch runs without waiting."""
+    calls: list[int] = []
+
+    def run(images: np.ndarray) -> np.ndarray:
+        calls.append(len(images))
+        return images.reshape(len(images), -1)[:, :1].astype(np.float32)
+
+    async def scenario(delay_us: int, max_batch: int) -> tuple[list[np.ndarray], float]:
+        batcher = Batcher(run, BatchingConfig(max_batch_size=max_batch, max_queue_delay_us=delay_us), lambda *a: None)
+
+        async def one(i: int) -> np.ndarray:
+            await asyncio.sleep(0.002 * i)
+            return await batcher.infer(np.full((1, 2, 2, 3), i, np.uint8))
+
+        start = time.perf_counter()
+        got = await asyncio.gather(*(one(i) for i in range(3)))
+        return got, time.perf_counter() - start
+
+    got, _ = asyncio.run(scenario(delay_us=200_000, max_batch=16))
+    assert calls == [3] and [int(g[0, 0]) for g in got] == [0, 1, 2]  # each its own answer
+    calls.clear()
+    _, seconds = asyncio.run(scenario(delay_us=5_000_000, max_batch=3))
+    assert calls == [3] and seconds < 2.5, f"a full batch waited for the 5 s delay: {seconds:.2f} s"
