@@ -140,7 +140,8 @@ build() {
       mkdir -p "$ctx/project" && project_wheel "$ctx/project" ;;
     dagster)
       cp "$DOCKER_DIR/requirements/dagster.txt" "$ctx/requirements-dagster.txt"
-      wheels_into "$ctx/wheels" "$ctx/requirements-dagster.txt" ;;
+      wheels_into "$ctx/wheels" "$ctx/requirements-dagster.txt"
+      mkdir -p "$ctx/project" && project_wheel "$ctx/project" ;;  # the run launcher only, --no-deps
     mlflow)
       cp "$DOCKER_DIR/requirements/mlflow.txt" "$ctx/requirements-mlflow.txt"
       wheels_into "$ctx/wheels" "$ctx/requirements-mlflow.txt" ;;

@@ -1,4 +1,5 @@
-"""A run launcher for the one-machine deployment that lets Dagster's run monitoring see dead run workers.
+"""Run launchers: one for the one-machine deployment that lets run monitoring see dead run workers, and one for
+the scale-out deployment whose events say which Docker engine (execution host) ran each run.
 
 Dagster's `DefaultRunLauncher` has no `check_run_worker_health` (`supports_check_run_worker_health` is
 False), so run monitoring never looks at a STARTED run's process. The gRPC code server notices when a
@@ -9,6 +10,10 @@ schedule that waits for runs in progress waits forever. This launcher launches e
 RUN_START event (else the one named by "Executing steps in process (pid: N)"): a pid that is gone, a
 zombie, or a newer process reusing the number means the worker died, and the monitoring daemon marks the
 run FAILED.
+
+`DockerEngineRunLauncher` is Dagster's `DockerRunLauncher` plus one engine event and one run tag naming the
+engine the run container was created on (host name, engine ID, data root), so with several execution hosts a
+run's event log says where it ran.
 """
 
 from __future__ import annotations
@@ -18,8 +23,23 @@ import time
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.launcher import CheckRunHealthResult, DefaultRunLauncher, WorkerStatus
+from dagster._core.launcher import (
+    CheckRunHealthResult,
+    DefaultRunLauncher,
+    LaunchRunContext,
+    ResumeRunContext,
+    WorkerStatus,
+)
+from dagster_docker import DockerRunLauncher
+from dagster_docker.container_context import DockerContainerContext
+from dagster_docker.docker_run_launcher import DOCKER_CONTAINER_ID_TAG
 
+import docker
+
+DOCKER_ENGINE_TAG = "mlsd/docker_engine"
+# docker-py's default is 60 s; creating a container of the 1.7 GB training image on an engine with the vfs storage
+# driver copies the whole image, and took longer than that with two runs launched at once on a busy host
+DOCKER_API_TIMEOUT_S = 600
 _SLACK_S = 5.0  # clock granularity between the process start time and its first event
 
 
@@ -80,3 +100,36 @@ class WorkerCheckingRunLauncher(DefaultRunLauncher):
         if gone:
             return CheckRunHealthResult(WorkerStatus.FAILED, f"the run worker {gone} (killed or out of memory?)")
         return CheckRunHealthResult(WorkerStatus.RUNNING, f"process {pid} is running")
+
+
+class DockerEngineRunLauncher(DockerRunLauncher):
+    """`DockerRunLauncher` whose launch is followed by an engine event naming the Docker engine that got the
+    run container (tag `mlsd/docker_engine`): with more than one execution host, the run says where it ran.
+    Engine calls wait up to DOCKER_API_TIMEOUT_S (a timed-out create fails the run at launch)."""
+
+    def _get_client(self, container_context: DockerContainerContext) -> docker.DockerClient:
+        client = super()._get_client(container_context)
+        client.api.timeout = DOCKER_API_TIMEOUT_S
+        return client
+
+    def launch_run(self, context: LaunchRunContext) -> None:
+        super().launch_run(context)
+        self._report_engine(context.dagster_run.run_id)
+
+    def resume_run(self, context: ResumeRunContext) -> None:
+        super().resume_run(context)
+        self._report_engine(context.dagster_run.run_id)
+
+    def _report_engine(self, run_id: str) -> None:
+        run = self._instance.get_run_by_id(run_id)  # with the container-id tag the launch just added
+        if run is None:
+            return
+        info = self._get_client(self.get_container_context(run)).info()
+        engine = f"{info['Name']}/{info['ID']}"
+        self._instance.add_run_tags(run_id, {DOCKER_ENGINE_TAG: engine})
+        self._instance.report_engine_event(
+            f"Run container {run.tags.get(DOCKER_CONTAINER_ID_TAG, '?')[:12]} is on Docker engine {info['Name']} "
+            f"(ID {info['ID']}, data root {info['DockerRootDir']}, Docker {info['ServerVersion']})",
+            dagster_run=run,
+            cls=self.__class__,
+        )

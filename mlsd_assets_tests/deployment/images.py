@@ -65,11 +65,10 @@ def image_tag(name: str, extras: str | None = None) -> str:
     """Changes whenever anything that goes into the image changes, so a stale image is never reused."""
     digest = hashlib.sha256()
     paths = [REPO / p for p in [*_INPUTS[name], "docker/build_images.sh"]]
+    if name in ("user-code", "dagster"):  # both install the project wheel (dagster: for the run launcher)
+        paths += sorted((REPO / "mlsd_assets").rglob("*.py"))
     if name == "user-code":
-        paths += [
-            DOCKER_DIR / "requirements" / f"user-code-{extras}.txt",
-            *sorted((REPO / "mlsd_assets").rglob("*.py")),
-        ]
+        paths.append(DOCKER_DIR / "requirements" / f"user-code-{extras}.txt")
     for path in paths:
         digest.update(str(path.relative_to(REPO)).encode())
         digest.update(path.read_bytes())

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import httpx
 import psycopg2
 import yaml
@@ -277,8 +278,9 @@ class Stack:
             conn.close()
 
     def run_messages(self, run_id: str) -> list[str]:
+        """Each event's message: a log line's text, or what a Dagster event says (engine events, failures)."""
         rows = self.sql("SELECT event FROM event_logs WHERE run_id = %s ORDER BY id", (run_id,))
-        return [json.loads(event)["user_message"] for (event,) in rows]
+        return [dg.deserialize_value(event, dg.EventLogEntry).message for (event,) in rows]
 
     def failure_details(self, run_id: str) -> str:
         tail = "\n".join(self.run_messages(run_id)[-25:])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from dagster_docker import DockerRunLauncher
 
 from mlsd_assets_tests.deployment.compose import compose_command
 
@@ -88,7 +90,8 @@ def test_compose_agrees_with_instance_and_workspace(resolved: dict[str, Any]) ->
     """Names dagster.yaml and workspace.yaml rely on must be the ones compose creates."""
     instance = _yaml("dagster.yaml")
     launcher = instance["run_launcher"]
-    assert launcher["class"] == "DockerRunLauncher"
+    # Dagster's DockerRunLauncher (plus an event naming the engine), importable where the daemon imports it
+    assert issubclass(getattr(importlib.import_module(launcher["module"]), launcher["class"]), DockerRunLauncher)
     assert instance["run_coordinator"]["class"] == "QueuedRunCoordinator"
     assert {"key": "mlsd/concurrency", "value": "training", "limit": 1} in (
         instance["concurrency"]["runs"]["tag_concurrency_limits"]

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from mlsd_assets.automation.partitions import add_official_batches
+from mlsd_assets.automation.run_launcher import DOCKER_ENGINE_TAG
 from mlsd_assets.core.serving.runtime import free_port
 from mlsd_assets_tests.cifar_files import write_cifar_python_tarball
 from mlsd_assets_tests.deployment.instance import code_server_args, deployment_instance_config, write_dagster_home
@@ -165,6 +166,7 @@ def test_ingestion_run_launched_in_a_container(
         while (run := instance.get_run_by_id(run_id)) is None or not run.is_finished:
             assert time.monotonic() < deadline, f"run {run_id} still {run and run.status} after 300 s"
             time.sleep(2)
+        messages = [entry.message for entry in instance.all_logs(run_id)]
     duration = time.monotonic() - started
     container_id = run.tags.get("docker/container_id")
     try:
@@ -176,6 +178,17 @@ def test_ingestion_run_launched_in_a_container(
         )[0]
         assert inspect["Config"]["Image"] == user_code_image and inspect["State"]["ExitCode"] == 0
         assert inspect["HostConfig"]["NetworkMode"] == "host"
+        # DockerEngineRunLauncher names the engine that got the container, in a tag and an engine event
+        engine = json.loads(
+            subprocess.run(
+                ["docker", "info", "--format", "{{json .}}"], capture_output=True, text=True, check=True
+            ).stdout
+        )
+        assert run.tags[DOCKER_ENGINE_TAG] == f"{engine['Name']}/{engine['ID']}"
+        assert (
+            f"Run container {container_id[:12]} is on Docker engine {engine['Name']} (ID {engine['ID']},"
+            in "\n".join(messages)
+        )
     finally:
         if container_id:
             subprocess.run(["docker", "rm", "-f", container_id], capture_output=True)

@@ -4,6 +4,7 @@ a run container killed mid-training and retried from its checkpoint, and runs on
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -38,6 +39,9 @@ SPLIT_CONFIG = {
 TINY_MODEL = {"widths": [8, 16, 16], "epochs": 2, "batch_size": 50, "lr": 0.2, "muon_lr": 0.1}
 # slow enough (a few seconds an epoch on 2 busy cores) that the kill lands in the middle of training
 SLOW_MODEL = {**TINY_MODEL, "widths": [48, 96, 96], "epochs": 8, "threads": 1}
+EPOCH = re.compile(r"epoch \d+/\d+:")  # the per-epoch summary cifar10_model logs
+# what a run's timeline shows: its lifecycle, the launcher's and daemon's engine events, epochs and resumption
+TIMELINE_KINDS = {"RUN_ENQUEUED", "RUN_STARTING", "RUN_START", "RUN_FAILURE", "RUN_SUCCESS", "ENGINE_EVENT"}
 QUEUE_PATH = [
     e.value
     for e in (
@@ -233,15 +237,40 @@ def _epochs_in_mlflow(stack: Stack, mlflow_run_id: str) -> list[int]:
     return sorted(int(m["step"]) for m in history.get("metrics", []))
 
 
-def test_killed_run_container_is_retried_and_resumes(stack: Stack) -> None:
+def _checkpoint_epoch(stack: Stack) -> int:
+    """The epoch of the one training checkpoint on the shared volume: what a retry must resume from."""
+    from mlsd_assets.ml.train import CHECKPOINT_NAME, read_checkpoint
+
+    (checkpoint,) = (stack.data_dir / "data" / "checkpoints").glob(f"*/{CHECKPOINT_NAME}")
+    state = read_checkpoint(checkpoint.parent)
+    assert state is not None, checkpoint
+    return int(state["epoch"])
+
+
+def _timeline(stack: Stack, run_ids: list[str], t0: float) -> list[dict[str, Any]]:
+    """Lifecycle and engine events and epoch/resume messages of the runs, in seconds after t0."""
+    rows = []
+    for run_id in run_ids:
+        for entry in _events(stack, run_id):
+            kind = entry.dagster_event.event_type_value if entry.dagster_event else "LOG"
+            message = entry.message or ""
+            if kind in TIMELINE_KINDS or EPOCH.match(message) or message.startswith("resuming from checkpoint"):
+                rows.append(
+                    {"t_s": round(entry.timestamp - t0, 1), "run": run_id[:8], "event": kind, "message": message[:200]}
+                )
+    return sorted(rows, key=lambda row: row["t_s"])
+
+
+def test_killed_run_container_is_retried_and_resumes(stack: Stack, tmp_path: Path) -> None:
     """SIGKILL of the run container mid-training: run monitoring fails the run, run retries start a new one,
-    which resumes from the last epoch checkpoint in the same MLflow run; no second registered version."""
+    which resumes from the last epoch checkpoint in the same MLflow run; no second registered version. The
+    timeline (events of both runs, seconds after launch) goes to crash_retry_timeline.json and stdout."""
     versions_before = len(_model_versions(stack))
     assert versions_before >= 1, "runs after test_stack_runs_a_queued_job_in_containers"
     epochs = SLOW_MODEL["epochs"]
-    started = time.monotonic()
+    t0 = time.time()
     run_id = stack.launch("__ASSET_JOB", assets=["cifar10_model"], run_config=_model_config(SLOW_MODEL))
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + 900
     # kill once epoch 2 is checkpointed and in MLflow (the checkpoint is written before either is logged)
     while (mlflow_run := _mlflow_run_of(stack, run_id)) is None or max(
         _epochs_in_mlflow(stack, mlflow_run["info"]["run_id"]), default=0
@@ -253,14 +282,12 @@ def test_killed_run_container_is_retried_and_resumes(stack: Stack) -> None:
         "SELECT value FROM run_tags WHERE run_id = %s AND key = 'docker/container_id'", (run_id,)
     )[0]
     docker("kill", "--signal", "KILL", container_id)
-    killed_at = time.monotonic() - started
+    killed_at = time.time() - t0
     mlflow_run_id = mlflow_run["info"]["run_id"]
-    logged = [m.split(":")[0] for m in stack.run_messages(run_id) if m.startswith("epoch ") and f"/{epochs}:" in m]
-    killed_epoch = len(logged)
-    assert 2 <= killed_epoch < epochs, logged
+    killed_epoch = _checkpoint_epoch(stack)  # the container is dead: nothing writes the checkpoint any more
+    assert 2 <= killed_epoch < epochs, killed_epoch
 
     assert stack.wait_finished(run_id, timeout=300) == "FAILURE"
-    failed_at = time.monotonic() - started
     # run monitoring's verdict: "Detected run worker status ... Marking run <id> as failed."
     assert any("Detected run worker status" in m for m in stack.run_messages(run_id)), stack.failure_details(run_id)
     deadline = time.monotonic() + 300
@@ -270,12 +297,12 @@ def test_killed_run_container_is_retried_and_resumes(stack: Stack) -> None:
         time.sleep(1)
     retry_id = retry[0][0]
     assert stack.wait_finished(retry_id, timeout=900) == "SUCCESS", stack.failure_details(retry_id)
-    finished_at = time.monotonic() - started
+    total = time.time() - t0
 
     retry_messages = stack.run_messages(retry_id)
     resumed = [m for m in retry_messages if m.startswith("resuming from checkpoint")]
-    assert resumed and resumed[0].endswith(f"after epoch {killed_epoch}/{epochs}"), (logged, resumed)
-    retry_epochs = [m.split(":")[0] for m in retry_messages if m.startswith("epoch ") and f"/{epochs}:" in m]
+    assert resumed and resumed[0].endswith(f"after epoch {killed_epoch}/{epochs}"), (killed_epoch, resumed)
+    retry_epochs = [m.split(":")[0] for m in retry_messages if EPOCH.match(m)]
     assert retry_epochs == [f"epoch {e}/{epochs}" for e in range(killed_epoch + 1, epochs + 1)], retry_epochs
     metadata = _materialization(stack, retry_id, "cifar10_model")
     assert metadata["resumed_from_epoch"] == killed_epoch
@@ -285,11 +312,26 @@ def test_killed_run_container_is_retried_and_resumes(stack: Stack) -> None:
     versions = _model_versions(stack)
     assert len(versions) == versions_before + 1
     assert max(versions, key=lambda v: int(v["version"]))["run_id"] == mlflow_run_id
+
+    timeline = {
+        "epochs": epochs,
+        "killed_after_epoch": killed_epoch,
+        "sigkill_at_s": round(killed_at, 1),
+        "resumed_after_epoch": metadata["resumed_from_epoch"],
+        "total_s": round(total, 1),
+        "failed_run": run_id,
+        "retry_run": retry_id,
+        "mlflow_run": mlflow_run_id,
+        "registered_versions": [versions_before, len(versions)],
+        "events": _timeline(stack, [run_id, retry_id], t0),
+    }
+    (tmp_path / "crash_retry_timeline.json").write_text(json.dumps(timeline, indent=1))
+    print(f"\ncrash-retry timeline ({tmp_path / 'crash_retry_timeline.json'}):")
+    print(f"  {killed_at:7.1f} s  SIGKILL of run container {container_id[:12]} (checkpoint: epoch {killed_epoch})")
+    for row in timeline["events"]:
+        print(f"  {row['t_s']:7.1f} s  {row['run']}  {row['event']:<16} {row['message'][:110]}")
     print(
-        f"\ncrash-retry timeline ({epochs} epochs): launched at 0 s; after epoch {killed_epoch} the run container "
-        f"was SIGKILLed at {killed_at:.0f} s; run {run_id[:8]} marked FAILURE at {failed_at:.0f} s; retry "
-        f"{retry_id[:8]} resumed after epoch {killed_epoch}, finished at {finished_at:.0f} s; one MLflow run "
-        f"{mlflow_run_id}; registered versions {versions_before} -> {len(versions)}"
+        f"  total {total:.0f} s; MLflow run {mlflow_run_id}; registered versions {versions_before} -> {len(versions)}"
     )
 
 
@@ -308,10 +350,12 @@ def second_engine(stack: Stack, tmp_path: Path) -> Iterator[SecondEngine]:
             engine.stop()
 
 
-def test_runs_on_a_second_engine_through_the_registry(stack: Stack, second_engine: SecondEngine) -> None:
+def test_runs_on_a_second_engine_through_the_registry(
+    stack: Stack, second_engine: SecondEngine, tmp_path: Path
+) -> None:
     """The daemon (on the default engine) launches runs on another engine, which pulls the run image from the
     stack's registry; Postgres, MLflow and storage are shared (storage: host folders, bind-mounted on both)."""
-    started = time.monotonic()
+    started, started_wall = time.monotonic(), time.time()
     docker("push", stack.images["user-code"], timeout=900)
     pushed = time.monotonic() - started
     config = deployment_instance_config()
@@ -342,10 +386,33 @@ def test_runs_on_a_second_engine_through_the_registry(stack: Stack, second_engin
     pulled = json.loads(docker("image", "inspect", stack.images["user-code"], host=second_engine.host))[0]
     assert any(d.startswith(stack.images["user-code"].rsplit(":", 1)[0] + "@sha256:") for d in pulled["RepoDigests"])
     assert (stack.data_dir / "data" / "artifacts" / "raw_cifar10" / "data_batch_2.npz").is_file()
-    launched = [m for m in stack.run_messages(run_id) if container_id[:12] in m or "container" in m.lower()]
-    assert any(container_id in m for m in launched), launched
-    engine_id = json.loads(docker("info", "--format", "{{json .}}", host=second_engine.host))["ID"]
+    # the run's own events say where it ran: the launcher names the engine that got the container
+    engine = json.loads(docker("info", "--format", "{{json .}}", host=second_engine.host))
+    first_engine_id = json.loads(docker("info", "--format", "{{json .}}"))["ID"]
+    assert engine["ID"] != first_engine_id
+    events = [{k: row[k] for k in ("t_s", "event", "message")} for row in _timeline(stack, [run_id], started_wall)]
+    on_engine = [e["message"] for e in events if e["message"].startswith(f"Run container {container_id[:12]}")]
+    assert on_engine == [
+        f"Run container {container_id[:12]} is on Docker engine {engine['Name']} (ID {engine['ID']}, "
+        f"data root {engine['DockerRootDir']}, Docker {engine['ServerVersion']})"
+    ], events
+    tags = dict(stack.sql("SELECT key, value FROM run_tags WHERE run_id = %s", (run_id,)))
+    assert tags["mlsd/docker_engine"] == f"{engine['Name']}/{engine['ID']}"
+    record = {
+        "engine": second_engine.host,
+        "engine_id": engine["ID"],
+        "data_root": engine["DockerRootDir"],
+        "first_engine_id": first_engine_id,
+        "push_s": round(pushed, 1),
+        "push_to_success_s": round(elapsed, 1),
+        "run": run_id,
+        "events": events,
+    }
+    (tmp_path / "second_host_run.json").write_text(json.dumps(record, indent=1))
     print(
-        f"\nsecond engine {second_engine.host} (ID {engine_id}): image pushed in {pushed:.0f} s; run {run_id} "
-        f"pulled, ran and succeeded, {elapsed:.0f} s from push to success; its events:\n  " + "\n  ".join(launched)
+        f"\nsecond engine {second_engine.host} (ID {engine['ID']}, data root {engine['DockerRootDir']}; the "
+        f"default engine is {first_engine_id}): image pushed in {pushed:.0f} s; run {run_id} pulled, ran and "
+        f"succeeded, {elapsed:.0f} s from push to success; its events ({tmp_path / 'second_host_run.json'}):"
     )
+    for event in events:
+        print(f"  {event['t_s']:7.1f} s  {event['event']:<16} {event['message'][:150]}")
