@@ -239,7 +239,7 @@ def _epochs_in_mlflow(stack: Stack, mlflow_run_id: str) -> list[int]:
 
 def _checkpoint_epoch(stack: Stack) -> int:
     """The epoch of the one training checkpoint on the shared volume: what a retry must resume from."""
-    from mlsd_assets.ml.train import CHECKPOINT_NAME, read_checkpoint
+    from mlsd_assets.core.training.train import CHECKPOINT_NAME, read_checkpoint
 
     (checkpoint,) = (stack.data_dir / "data" / "checkpoints").glob(f"*/{CHECKPOINT_NAME}")
     state = read_checkpoint(checkpoint.parent)
