@@ -6,8 +6,9 @@
 # The service images (postgres, registry, prometheus) hold Debian's own packages, fetched on this host with
 # `apt-get download` into the build context (no registry, no apt inside the build).
 #
-#   docker/build_images.sh [--extras full|train|light] [--tag TAG] [IMAGE...]
+#   docker/build_images.sh [--extras full|train|light] [--tag TAG] [--no-cache] [IMAGE...]
 #     IMAGE: user-code dagster mlflow postgres registry prometheus (default: all)
+#     --no-cache: rebuild every layer (what a fresh machine, e.g. CI, pays)
 #
 # Env: PYTHON (venv interpreter, default .venv/bin/python), BASE_IMAGE (default mlsd/python-base:bookworm,
 # made by docker/engine/prepare.sh; any Debian bookworm image with python3 + venv works),
@@ -26,6 +27,7 @@ DEB_CACHE="${MLSD_DEB_CACHE:-$REPO/build/debs}"
 TORCH_WHEEL="${MLSD_TORCH_WHEEL:-}"
 EXTRAS=full
 TAG=latest
+NO_CACHE=()
 IMAGES=()
 
 say() { echo "build_images.sh: $*"; }
@@ -35,8 +37,9 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --extras) EXTRAS="$2"; shift 2 ;;
     --tag) TAG="$2"; shift 2 ;;
+    --no-cache) NO_CACHE=(--no-cache); shift ;;
     user-code|dagster|mlflow|postgres|registry|prometheus) IMAGES+=("$1"); shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
@@ -148,7 +151,7 @@ build() {
   esac
   say "building mlsd/$name:$TAG from $BASE_IMAGE ($(du -sh "$ctx" | cut -f1) of context, no network)"
   # The classic builder: `--network=none` holds for every RUN step, and it needs no buildx plugin.
-  DOCKER_BUILDKIT=0 docker build -q --network=none --build-arg "BASE_IMAGE=$BASE_IMAGE" "$@" \
+  DOCKER_BUILDKIT=0 docker build -q --network=none ${NO_CACHE[@]+"${NO_CACHE[@]}"} --build-arg "BASE_IMAGE=$BASE_IMAGE" "$@" \
     -f "$DOCKER_DIR/$dockerfile" -t "mlsd/$name:$TAG" "$ctx" >/dev/null
   say "built mlsd/$name:$TAG"
 }
