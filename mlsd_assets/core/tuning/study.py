@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from mlsd_assets.core.data.splits import Cifar10Split
     from mlsd_assets.core.training.budget import Throughput
     from mlsd_assets.core.training.recipes import TrainConfig
-    from mlsd_assets.core.training.train import EpochStats
+    from mlsd_assets.core.training.train import EpochStats, TrainData
 
 FINISHED_ATTR = "finished"  # study user attr: the budget (or trial count) is spent; a re-run returns its best
 
@@ -145,28 +145,24 @@ def _full_steps(settings: StudySettings) -> int:
 
 @dataclass(frozen=True)
 class TuningData:
-    """What trials see: (a subset of) train to learn from, validation to be judged on. Never test."""
+    """What trials see: (a subset of) train to learn from, validation to be judged on (never test), and whose
+    data it is (the split's content hash names the study)."""
 
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    arrays: TrainData
     dataset_hash: str
 
 
 def tuning_data(split: Cifar10Split, train_images: int = 0, seed: int = 0) -> TuningData:
     """The split's train (a fixed random subset of `train_images` when > 0) and validation arrays."""
-    x_train, y_train = split.arrays("train")
-    x_val, y_val = split.arrays("validation")
-    for name, labels in (("train", y_train), ("validation", y_val)):
-        if len(labels) == 0:
-            raise ValueError(f"cifar10_split: the {name} split is empty; cannot tune")
-    if 0 < train_images < len(y_train):
-        keep = np.sort(np.random.default_rng(seed).permutation(len(y_train))[:train_images])
-        x_train, y_train = x_train[keep], y_train[keep]
-    return TuningData(x_train, y_train, x_val, y_val, split.mean, split.std, split.content_hash)
+    from mlsd_assets.core.training.train import TrainData
+
+    arrays = TrainData.from_split(split)
+    if 0 < train_images < len(arrays.train_labels):
+        keep = np.sort(np.random.default_rng(seed).permutation(len(arrays.train_labels))[:train_images])
+        arrays = dataclasses.replace(
+            arrays, train_images=arrays.train_images[keep], train_labels=arrays.train_labels[keep]
+        )
+    return TuningData(arrays, split.content_hash)
 
 
 class TrialHooks:
@@ -267,7 +263,7 @@ class _Objective:
         import optuna
 
         from mlsd_assets.core.training.budget import TimeBudget
-        from mlsd_assets.core.training.train import TrainData, train
+        from mlsd_assets.core.training.train import train
 
         params = self.space.suggest(trial)
         self.hooks.started(trial.number, params)
@@ -287,10 +283,9 @@ class _Objective:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"validation accuracy {stats.val_accuracy:.4f} at step {step}")
 
-        d = self.data
         budget = TimeBudget(budget_s - (time.monotonic() - started), eval_hint) if budget_s else None
         result = train(
-            TrainData(d.x_train, d.y_train, d.x_val, d.y_val, d.mean, d.std),
+            self.data.arrays,
             config,
             self.logger,
             on_epoch=report,
@@ -306,19 +301,17 @@ class _Objective:
         """The trial's config sized to its budget (a probe per net shape, reused), the budget, and the probe's
         estimate of one validation pass; with `trial_epochs`, that many epochs and no budget."""
         from mlsd_assets.core.training.budget import budgeted, measure_throughput, plan_budget
-        from mlsd_assets.core.training.train import TrainData
 
         if self.settings.trial_budget_s is None:
             return dataclasses.replace(config, epochs=int(self.settings.trial_epochs or 1)), None, 0.0
-        d = self.data
+        d = self.data.arrays
         shape = (config.architecture, config.widths, config.batch_size, config.precision, config.threads)
         if shape not in self.probes:
-            arrays = TrainData(d.x_train, d.y_train, d.x_val, d.y_val, d.mean, d.std)
-            self.probes[shape] = measure_throughput(config, arrays, self.logger, steps=2, max_seconds=10.0)
+            self.probes[shape] = measure_throughput(config, d, self.logger, steps=2, max_seconds=10.0)
         probe = dataclasses.replace(self.probes[shape], seconds=time.monotonic() - started)
         budget_s = self.settings.trial_budget_s
-        plan = plan_budget(budget_s, probe, len(d.y_train), len(d.y_val), config.batch_size)
-        return budgeted(config, plan), budget_s, len(d.y_val) / probe.eval_images_per_second
+        plan = plan_budget(budget_s, probe, len(d.train_labels), len(d.val_labels), config.batch_size)
+        return budgeted(config, plan), budget_s, len(d.val_labels) / probe.eval_images_per_second
 
 
 def result_of(study: optuna.Study, dataset_hash: str, settings: StudySettings, skipped: bool) -> TuningResult:

@@ -126,9 +126,11 @@ def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
 
 def test_trials_see_train_and_validation_only() -> None:
     data = tuning_data(SPLIT, train_images=50, seed=3)
-    assert len(data.y_train) == 50 and len(data.y_val) == SPLIT.counts()["validation"]
-    assert np.array_equal(data.x_train, tuning_data(SPLIT, train_images=50, seed=3).x_train)  # a fixed subset
+    assert len(data.arrays.train_labels) == 50 and len(data.arrays.val_labels) == SPLIT.counts()["validation"]
+    assert np.array_equal(
+        data.arrays.train_images, tuning_data(SPLIT, train_images=50, seed=3).arrays.train_images
+    )  # a fixed subset
     test_hashes = set(image_hashes(SPLIT.arrays("test")[0]))
-    seen = set(image_hashes(np.concatenate([data.x_train, data.x_val])))
+    seen = set(image_hashes(np.concatenate([data.arrays.train_images, data.arrays.val_images])))
     assert not seen & test_hashes
-    assert set(image_hashes(data.x_train)) <= set(image_hashes(SPLIT.arrays("train")[0]))
+    assert set(image_hashes(data.arrays.train_images)) <= set(image_hashes(SPLIT.arrays("train")[0]))
