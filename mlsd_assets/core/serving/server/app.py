@@ -89,27 +89,22 @@ async def _read_body(request: Request, limits: Limits, budget: ByteBudget, held:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def create_app(
-    predictor: Predictor, limits: Limits | None = None, batching: BatchingConfig | None = None
-) -> MetricsMiddleware:
-    """One event loop parses, queues, runs the batched model (batching.py) and answers."""
-    limits = limits or Limits()
-    batching = batching or BatchingConfig()
+def _error(status: int, reason: str) -> Response:
+    headers = {"retry-after": "1"} if status == 503 else {}
+    if status in (408, 413, 503):  # the body may be unread: close, rather than wait for the rest of it
+        headers["connection"] = "close"
+    return JSONResponse({"error": reason}, status_code=status, headers=headers)
+
+
+def _model_metadata(predictor: Predictor, limits: Limits, batching: BatchingConfig) -> bytes:
+    """`GET /v2/models/{name}`, rendered once: the contract, the limits and the batching this server runs with."""
     contract = predictor.contract
-    name, version = contract.name, contract.version
-    metrics = Metrics(
-        {"model_name": name, "model_version": version, "mlflow_run_id": contract.metadata.get("mlsd.mlflow_run_id", "")}
-    )
-    batcher = Batcher(predictor.logits, batching, metrics.observe_batch)
-    budget = ByteBudget(limits.max_inflight_bytes)
-    n_classes = len(contract.classes)
-    server_body = {"name": "mlsd", "version": ort.__version__, "extensions": ["binary_tensor_data"]}
-    model_body = {
-        "name": name,
-        "versions": [version],
+    body = {
+        "name": contract.name,
+        "versions": [contract.version],
         "platform": "onnxruntime_onnx",
         "inputs": [{"name": contract.input_name, "datatype": "UINT8", "shape": [-1, *contract.image_shape]}],
-        "outputs": [{"name": contract.output_name, "datatype": "FP32", "shape": [-1, n_classes]}],
+        "outputs": [{"name": contract.output_name, "datatype": "FP32", "shape": [-1, len(contract.classes)]}],
         "parameters": {
             "mlsd": contract.describe(),
             "encoded_images": "or a BYTES [N] tensor of PNG/JPEG files under the same input name",
@@ -126,111 +121,124 @@ def create_app(
             "runtime": {"onnxruntime": ort.__version__, "providers": predictor.session.get_providers()},
         },
     }
-    model_json = json.dumps(model_body).encode()
+    return json.dumps(body).encode()
 
-    def error(status: int, reason: str) -> Response:
-        headers = {"retry-after": "1"} if status == 503 else {}
-        if status in (408, 413, 503):  # the body may be unread: close, rather than wait for the rest of it
-            headers["connection"] = "close"
-        return JSONResponse({"error": reason}, status_code=status, headers=headers)
 
-    def check_model(request: Request) -> Response | None:
+class _Endpoints:
+    """The v2 endpoints of one model; one event loop parses, queues, runs the batched model and answers."""
+
+    def __init__(self, predictor: Predictor, limits: Limits, batching: BatchingConfig) -> None:
+        self.contract = contract = predictor.contract
+        self.limits = limits
+        run_id = contract.metadata.get("mlsd.mlflow_run_id", "")
+        labels = {"model_name": contract.name, "model_version": contract.version, "mlflow_run_id": run_id}
+        self.metrics = Metrics(labels)
+        self.batcher = Batcher(predictor.logits, batching, self.metrics.observe_batch)
+        self.budget = ByteBudget(limits.max_inflight_bytes)
+        self.model_json = _model_metadata(predictor, limits, batching)
+
+    def routes(self) -> list[Route]:
+        model, versioned = "/v2/models/{name}", "/v2/models/{name}/versions/{version}"
+        return [  # infer first: Starlette tries the routes in order, and infer is the hot path
+            *(Route(f"{base}/infer", self.infer, methods=["POST"]) for base in (model, versioned)),
+            Route("/v2", self.server_metadata, methods=["GET"]),
+            Route("/v2/health/live", self.live, methods=["GET"]),
+            Route("/v2/health/ready", self.ready, methods=["GET"]),
+            *(Route(base, self.model_metadata, methods=["GET"]) for base in (model, versioned)),
+            *(Route(f"{base}/ready", self.model_ready, methods=["GET"]) for base in (model, versioned)),
+            Route("/v2/repository/index", self.repository_index, methods=["POST"]),
+            Route("/metrics", self.prometheus, methods=["GET"]),
+        ]
+
+    def check_model(self, request: Request) -> Response | None:
+        name, version = self.contract.name, self.contract.version
         asked, asked_version = request.path_params["name"], request.path_params.get("version")
         if asked != name:
-            return error(404, f"model {asked!r} is not served here; this server serves {name!r} version {version!r}")
+            return _error(404, f"model {asked!r} is not served here; this server serves {name!r} version {version!r}")
         if asked_version is not None and asked_version != version:
-            return error(404, f"model {name!r} has no version {asked_version!r} here; it serves version {version!r}")
+            return _error(404, f"model {name!r} has no version {asked_version!r} here; it serves version {version!r}")
         return None
 
-    async def server_metadata(request: Request) -> Response:
-        return JSONResponse(server_body)
+    async def server_metadata(self, request: Request) -> Response:
+        return JSONResponse({"name": "mlsd", "version": ort.__version__, "extensions": ["binary_tensor_data"]})
 
-    async def live(request: Request) -> Response:
+    async def live(self, request: Request) -> Response:
         return JSONResponse({"live": True})
 
-    async def ready(request: Request) -> Response:
+    async def ready(self, request: Request) -> Response:
         return JSONResponse({"ready": True})
 
-    async def repository_index(request: Request) -> Response:
-        return JSONResponse([{"name": name, "version": version, "state": "READY"}])
+    async def repository_index(self, request: Request) -> Response:
+        return JSONResponse([{"name": self.contract.name, "version": self.contract.version, "state": "READY"}])
 
-    async def model_metadata(request: Request) -> Response:
-        return check_model(request) or Response(model_json, media_type=JSON_TYPE)
+    async def model_metadata(self, request: Request) -> Response:
+        return self.check_model(request) or Response(self.model_json, media_type=JSON_TYPE)
 
-    async def model_ready(request: Request) -> Response:
-        return check_model(request) or JSONResponse({"name": name, "ready": True})
+    async def model_ready(self, request: Request) -> Response:
+        return self.check_model(request) or JSONResponse({"name": self.contract.name, "ready": True})
 
-    def parse(body: bytes | bytearray, header_length: str | None) -> InferRequest:
+    def parse(self, body: bytes | bytearray, header_length: str | None) -> InferRequest:
         doc, binary = parse_header(body, header_length)
-        return infer_request(doc, binary, contract.input_name, contract.image_shape, limits)
+        return infer_request(doc, binary, self.contract.input_name, self.contract.image_shape, self.limits)
 
-    async def infer(request: Request) -> Response:
-        refused = check_model(request)
+    async def infer(self, request: Request) -> Response:
+        refused = self.check_model(request)
         if refused is not None:
             return refused
+        output = self.contract.output_name
         held = [0]
         try:
             encoding = request.headers.get("content-encoding", "identity").strip().lower()
             if encoding != "identity":
                 raise InputError(415, f"Content-Encoding {encoding!r} is not accepted: send the body uncompressed")
-            body = await _read_body(request, limits, budget, held)
+            body = await _read_body(request, self.limits, self.budget, held)
             header_length = request.headers.get(HEADER_LENGTH)
             if len(body) > OFFLOAD_BYTES:
-                parsed = await asyncio.to_thread(parse, body, header_length)
+                parsed = await asyncio.to_thread(self.parse, body, header_length)
             else:
-                parsed = parse(body, header_length)
-            wanted = parsed.outputs or (contract.output_name,)
-            unknown = [o for o in wanted if o != contract.output_name]
+                parsed = self.parse(body, header_length)
+            unknown = [o for o in parsed.outputs or (output,) if o != output]
             if unknown:
-                raise InputError(400, f"unknown outputs {unknown}: this model's output is {contract.output_name!r}")
-            logits = await batcher.infer(parsed.images)
+                raise InputError(400, f"unknown outputs {unknown}: this model's output is {output!r}")
+            logits = await self.batcher.infer(parsed.images)
         except InputError as exc:
             if exc.status == 503:
-                metrics.rejected.labels("inflight_bytes").inc()
+                self.metrics.rejected.labels("inflight_bytes").inc()
             elif exc.status == 408:
-                metrics.rejected.labels("body_timeout").inc()
-            return error(exc.status, exc.reason)
+                self.metrics.rejected.labels("body_timeout").inc()
+            return _error(exc.status, exc.reason)
         except _Gone:
             return Response(status_code=CLIENT_GONE)
         finally:
-            budget.give(held[0])
-        return _infer_response(parsed, logits, name, version, contract.output_name)
+            self.budget.give(held[0])
+        return _infer_response(parsed, logits, self.contract.name, self.contract.version, output)
 
-    async def prometheus(request: Request) -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    async def prometheus(self, request: Request) -> Response:
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def server_error(request: Request, exc: Exception) -> Response:
+    async def server_error(self, request: Request, exc: Exception) -> Response:
         log.exception("internal error on %s %s", request.method, request.url.path)
-        return error(500, f"internal server error: {type(exc).__name__}: {exc}")
+        return _error(500, f"internal server error: {type(exc).__name__}: {exc}")
 
-    async def not_found(request: Request, exc: Exception) -> Response:
-        return error(
-            getattr(exc, "status_code", 404),
-            f"{request.method} {request.url.path}: {getattr(exc, 'detail', 'not found')}",
-        )
+    async def not_found(self, request: Request, exc: Exception) -> Response:
+        reason = f"{request.method} {request.url.path}: {getattr(exc, 'detail', 'not found')}"
+        return _error(getattr(exc, "status_code", 404), reason)
 
-    model = "/v2/models/{name}"
-    versioned = "/v2/models/{name}/versions/{version}"
-    routes = [  # infer first: Starlette tries the routes in order, and infer is the hot path
-        *(Route(f"{base}/infer", infer, methods=["POST"]) for base in (model, versioned)),
-        Route("/v2", server_metadata, methods=["GET"]),
-        Route("/v2/health/live", live, methods=["GET"]),
-        Route("/v2/health/ready", ready, methods=["GET"]),
-        *(Route(base, model_metadata, methods=["GET"]) for base in (model, versioned)),
-        *(Route(f"{base}/ready", model_ready, methods=["GET"]) for base in (model, versioned)),
-        Route("/v2/repository/index", repository_index, methods=["POST"]),
-        Route("/metrics", prometheus, methods=["GET"]),
-    ]
-    app = Starlette(
-        routes=routes,
-        exception_handlers={Exception: server_error, 404: not_found, 405: not_found},
-    )
+
+def create_app(
+    predictor: Predictor, limits: Limits | None = None, batching: BatchingConfig | None = None
+) -> MetricsMiddleware:
+    """The v2 app wrapped in its metrics middleware; `.metrics`, `.batcher` and `.budget` are exposed for tests."""
+    endpoints = _Endpoints(predictor, limits or Limits(), batching or BatchingConfig())
+    routes = endpoints.routes()
+    handlers = {Exception: endpoints.server_error, 404: endpoints.not_found, 405: endpoints.not_found}
+    app = Starlette(routes=routes, exception_handlers=handlers)
     # Label by template, the versioned form folded into the plain one: a bounded set of route labels.
     templates = {r.endpoint: r.path.replace("/versions/{version}", "") for r in routes}
-    wrapped = MetricsMiddleware(app, metrics, templates)
-    wrapped.metrics = metrics  # type: ignore[attr-defined]
-    wrapped.batcher = batcher  # type: ignore[attr-defined]
-    wrapped.budget = budget  # type: ignore[attr-defined]
+    wrapped = MetricsMiddleware(app, endpoints.metrics, templates)
+    wrapped.metrics = endpoints.metrics  # type: ignore[attr-defined]
+    wrapped.batcher = endpoints.batcher  # type: ignore[attr-defined]
+    wrapped.budget = endpoints.budget  # type: ignore[attr-defined]
     return wrapped
 
 
