@@ -49,6 +49,14 @@ def docker(*args: str, host: str | None = None, check: bool = True, timeout: flo
     return result.stdout
 
 
+def container_logs(name: str, host: str | None = None) -> str:
+    """A container's state and its output, stderr included (where servers log), for failure messages."""
+    command = ["docker", *(["-H", host] if host else [])]
+    state = subprocess.run([*command, "inspect", "-f", "{{json .State}}", name], capture_output=True, text=True)
+    logs = subprocess.run([*command, "logs", "--tail", "80", name], capture_output=True, text=True)
+    return f"state: {state.stdout.strip() or state.stderr.strip()}\n{logs.stdout}{logs.stderr}"
+
+
 def unused_subnet() -> str:
     """A /24 in 10.200-249.x.0 that no network of the default engine or the host routes uses."""
     used = []

@@ -21,7 +21,7 @@ from mlsd_assets_tests.deployment.browser import Browser, chromium_unavailable_r
 from mlsd_assets_tests.deployment.engine import SecondEngine
 from mlsd_assets_tests.deployment.images import ensure_image
 from mlsd_assets_tests.deployment.instance import deployment_instance_config
-from mlsd_assets_tests.deployment.stack import SERVICES, STACK_LABEL, Stack, docker
+from mlsd_assets_tests.deployment.stack import SERVICES, STACK_LABEL, Stack, container_logs, docker
 
 # The first test also builds the images when their inputs changed (about 15-35 min on a busy 2-core machine), so the
 # module is `slow` (`make test-all`): CI's 90 minutes cannot afford a cold build of six images under vfs.
@@ -145,7 +145,7 @@ def _serve_and_scrape(stack: Stack, model: str) -> dict[str, str]:
         pools = {t["labels"]["job"]: t["health"] for t in targets}
         if pools.get("inference_server") == "up":
             break
-        assert time.monotonic() < deadline, f"{targets}\n{docker('logs', f'{stack.project}-inference-server')}"
+        assert time.monotonic() < deadline, f"{targets}\n{container_logs(f'{stack.project}-inference-server')}"
         time.sleep(2)
     query = httpx.get(f"{prometheus}/query", params={"query": 'up{job="inference_server"}'}, timeout=30).json()
     assert [r["value"][1] for r in query["data"]["result"]] == ["1"], query
