@@ -126,7 +126,6 @@ def vet(drop: Drop, timeout_s: float) -> Verdict:
             [sys.executable, "-m", __name__, os.fsencode(drop.path), drop.partition_key],
             capture_output=True,
             timeout=timeout_s,
-            env=os.environ.copy(),
         )
     except subprocess.TimeoutExpired:
         return Verdict(
