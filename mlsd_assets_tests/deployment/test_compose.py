@@ -122,3 +122,13 @@ def test_instance_survives_crashed_runs() -> None:
     assert instance["run_monitoring"]["enabled"] and instance["run_monitoring"]["poll_interval_seconds"] <= 30
     assert instance["run_monitoring"]["max_resume_run_attempts"] == 0
     assert instance["run_retries"] == {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}
+
+
+def test_train_image_carries_the_inference_server_runtime() -> None:
+    """The compose test serves the exported model from the training image: it needs every server requirement."""
+    from mlsd_assets.core.serving.server import RUNTIME_REQUIREMENTS
+
+    lines = (DOCKER_DIR / "requirements" / "user-code-train.txt").read_text().splitlines()
+    listed = {line.split("[")[0].split("=")[0].strip().lower().replace("_", "-") for line in lines}
+    missing = [name for name in RUNTIME_REQUIREMENTS if name.lower().replace("_", "-") not in listed]
+    assert not missing, f"docker/requirements/user-code-train.txt lacks the server's {missing}"
