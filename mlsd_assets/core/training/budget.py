@@ -147,15 +147,17 @@ def budgeted(config: TrainConfig, plan: BudgetPlan) -> TrainConfig:
     return dataclasses.replace(config, epochs=plan.epochs, max_steps=plan.steps)
 
 
-def steps_that_fit(seconds: float, step_seconds: float, eval_seconds: float, steps_per_epoch: int) -> int:
-    """The most steps (at least one) whose training, one validation pass per started epoch and the final
+def steps_that_fit(
+    seconds: float, step_seconds: float, eval_seconds: float, steps_per_epoch: int, minimum: int = 1
+) -> int:
+    """The most steps (at least `minimum`) whose training, one validation pass per started epoch and the final
     evaluation take at most `seconds`."""
 
     def cost(steps: int) -> float:
         return steps * step_seconds + (math.ceil(steps / steps_per_epoch) + 1) * eval_seconds
 
-    steps = max(1, int((seconds - eval_seconds) / (step_seconds + eval_seconds / steps_per_epoch)))
-    while steps > 1 and cost(steps) > seconds:
+    steps = max(minimum, int((seconds - eval_seconds) / (step_seconds + eval_seconds / steps_per_epoch)))
+    while steps > minimum and cost(steps) > seconds:
         steps -= 1
     while cost(steps + 1) <= seconds:
         steps += 1
@@ -175,6 +177,7 @@ class TimeBudget:
         return self.seconds * (1 - BUDGET_RESERVE) - (time.perf_counter() - self.started)
 
     def total_steps(self, done: int, step_seconds: float, eval_seconds: float, steps_per_epoch: int) -> int:
-        """`done` steps plus as many as still fit, at the speeds just measured."""
+        """`done` steps plus as many as still fit, at the speeds just measured: none once the budget is spent
+        (a floor of one more step would extend a run forever when every step outlasts a progress window)."""
         eval_s = eval_seconds or self.eval_seconds_hint
-        return done + steps_that_fit(self.left(), step_seconds, eval_s, steps_per_epoch)
+        return done + steps_that_fit(self.left(), step_seconds, eval_s, steps_per_epoch, minimum=0)

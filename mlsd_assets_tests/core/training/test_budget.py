@@ -79,3 +79,22 @@ def test_tiny_budget_is_met_within_ten_percent(caplog: pytest.LogCaptureFixture)
     progress = [r.getMessage() for r in caplog.records if "run ETA" in r.getMessage()]
     assert len(progress) >= 5, progress  # one a second, as asked (the asset logs one every 20 s)
     assert all("img/s" in line and "epoch ETA" in line for line in progress)
+
+
+def test_a_spent_budget_adds_no_more_steps() -> None:
+    spent = TimeBudget(10.0, started=time.perf_counter() - 60.0)
+    assert spent.total_steps(done=7, step_seconds=30.0, eval_seconds=1.0, steps_per_epoch=25) == 7
+    fresh = TimeBudget(100.0)
+    assert fresh.total_steps(done=7, step_seconds=1.0, eval_seconds=1.0, steps_per_epoch=25) > 7
+
+
+@pytest.mark.timeout(120)
+def test_training_stops_once_the_budget_is_spent_even_when_every_step_outlasts_a_progress_window() -> None:
+    # A machine so loaded that each step takes longer than the progress interval: every step re-sizes the run.
+    # Before the fix each re-size added one more step, so a spent budget never ended the training.
+    split = make_split(600, 100, 20)
+    data = TrainData.from_split(split)
+    config = recipe_config("fast", **{**TINY, "threads": 1, "epochs": 50})
+    spent = TimeBudget(1.0, started=time.perf_counter() - 10.0)
+    result = train(data, config, LOG, progress_every=0.0, budget=spent)
+    assert result.steps == 1 and len(result.history) == 1
