@@ -1,5 +1,6 @@
 """A run whose worker is SIGKILLed is marked FAILED by the daemon's run monitoring, and automation goes on."""
 
+import logging
 import os
 import signal
 import sys
@@ -13,6 +14,7 @@ from mlsd_assets_tests.automation.test_daemon_e2e import BIN, REPO, Processes
 from mlsd_assets_tests.cifar_files import write_cifar_python_dir
 from mlsd_assets_tests.deployment.instance import code_server_args, write_grpc_workspace
 
+LOG = logging.getLogger("test")
 DEADLINE_S = 240
 SPLIT_IN_PROCESS = (
     "import dagster as dg; from mlsd_assets.definitions import defs; "
@@ -99,3 +101,31 @@ def test_killed_run_is_failed_and_automation_goes_on(mlsd_home: Path) -> None:
         e.message for e in instance.all_logs(killed.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
     ]
     assert any("run worker process" in m and "exited" in m or "gone" in m for m in messages), messages
+
+
+def test_the_pool_slot_of_a_killed_run_is_freed(tmp_path: Path) -> None:
+    """A killed run never releases the slot its step claimed; with the `training` pool's one slot, every later
+    training run (or the retry) would stay queued for ever. The instance's run monitoring frees it."""
+    import datetime
+    import shutil
+    from types import SimpleNamespace
+
+    from dagster._core.test_utils import freeze_time
+    from dagster._daemon.monitoring.concurrency import execute_concurrency_slots_iteration
+    from dagster._time import get_current_datetime
+
+    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
+    instance = dg.DagsterInstance.from_config(str(tmp_path))
+    wait_s = instance.run_monitoring_settings["free_slots_after_run_end_seconds"]
+    assert 0 < wait_s <= instance.run_monitoring_settings["poll_interval_seconds"] * 2
+    run = instance.add_run(dg.DagsterRun(job_name="training_job", status=dg.DagsterRunStatus.STARTED))
+    instance.event_log_storage.initialize_concurrency_limit_to_default("training")
+    assert instance.event_log_storage.claim_concurrency_slot("training", run.run_id, "cifar10_model").is_claimed
+    instance.report_run_failed(run)  # what run monitoring does once the worker is found dead
+    context = SimpleNamespace(instance=instance)
+    list(execute_concurrency_slots_iteration(context, LOG))
+    assert instance.event_log_storage.get_concurrency_info("training").claimed_slots, "freed before the wait"
+    with freeze_time(get_current_datetime() + datetime.timedelta(seconds=wait_s + 5)):
+        list(execute_concurrency_slots_iteration(context, LOG))
+    assert not instance.event_log_storage.get_concurrency_info("training").claimed_slots
+    instance.dispose()

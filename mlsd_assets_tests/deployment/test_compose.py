@@ -121,6 +121,8 @@ def test_instance_survives_crashed_runs() -> None:
     instance = _yaml("dagster.yaml")
     assert instance["run_monitoring"]["enabled"] and instance["run_monitoring"]["poll_interval_seconds"] <= 30
     assert instance["run_monitoring"]["max_resume_run_attempts"] == 0
+    # the killed run's `training` pool slot is freed, or its retry stays queued (test_stack.py found it)
+    assert 0 < instance["run_monitoring"]["free_slots_after_run_end_seconds"] <= 60
     assert instance["run_retries"] == {"enabled": True, "max_retries": 2, "retry_on_asset_or_op_failure": False}
 
 
