@@ -252,7 +252,7 @@ def _timeline(stack: Stack, run_ids: list[str], t0: float) -> list[dict[str, Any
     rows = []
     for run_id in run_ids:
         for entry in _events(stack, run_id):
-            kind = entry.dagster_event.event_type_value if entry.dagster_event else "LOG"
+            kind = entry.dagster_event.event_type.name if entry.dagster_event else "LOG"  # value: PIPELINE_START
             message = entry.message or ""
             if kind in TIMELINE_KINDS or EPOCH.match(message) or message.startswith("resuming from checkpoint"):
                 rows.append(
@@ -296,6 +296,12 @@ def test_killed_run_container_is_retried_and_resumes(stack: Stack, tmp_path: Pat
         assert time.monotonic() < deadline, f"no retry of {run_id}:\n{stack.logs('daemon')}"
         time.sleep(1)
     retry_id = retry[0][0]
+    # the dead run's `training` pool slot must be freed (run_monitoring.free_slots_after_run_end_seconds), or the
+    # retry stays QUEUED behind it for ever
+    deadline = time.monotonic() + 180
+    while stack.status(retry_id) == "QUEUED":
+        assert time.monotonic() < deadline, f"retry {retry_id} still queued after 180 s:\n{stack.logs('daemon')}"
+        time.sleep(1)
     assert stack.wait_finished(retry_id, timeout=900) == "SUCCESS", stack.failure_details(retry_id)
     total = time.time() - t0
 
