@@ -116,6 +116,36 @@ class DockerEngineRunLauncher(DockerRunLauncher):
         super().launch_run(context)
         self._report_engine(context.dagster_run.run_id)
 
+    def _launch_container_with_command(self, run: dg.DagsterRun, docker_image: str, command: list[str]) -> None:
+        self._ensure_image(run, docker_image)
+        super()._launch_container_with_command(run, docker_image, command)
+
+    def _ensure_image(self, run: dg.DagsterRun, image: str, attempts: int = 2) -> None:
+        """Pull the run image onto the run's engine when it lacks it, failing the launch with the registry's
+        own error: docker-py's `images.pull` drops errors from the pull stream and then says only "no such
+        image" (how a second host's first launch failed in test_stack.py)."""
+        client = self._get_client(self.get_container_context(run))
+        try:
+            client.images.get(image)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        repository, tag = docker.utils.parse_repository_tag(image)
+        engine = client.info()["Name"]
+        started, errors = time.monotonic(), []
+        for _ in range(attempts):  # one more try: a registry restarting or a dropped connection
+            stream = client.api.pull(repository, tag=tag or "latest", stream=True, decode=True)
+            errors = [event["error"] for event in stream if "error" in event]
+            if not errors:
+                break
+        if errors:
+            raise RuntimeError(f"pulling {image} onto Docker engine {engine} failed ({attempts} tries): {errors[-1]}")
+        self._instance.report_engine_event(
+            f"Pulled {image} onto Docker engine {engine} in {time.monotonic() - started:.0f} s",
+            dagster_run=run,
+            cls=self.__class__,
+        )
+
     def resume_run(self, context: ResumeRunContext) -> None:
         super().resume_run(context)
         self._report_engine(context.dagster_run.run_id)

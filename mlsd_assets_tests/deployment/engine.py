@@ -67,6 +67,9 @@ class SecondEngine:
             time.sleep(0.5)
         return engine
 
+    def log(self) -> str:
+        return (self.run_dir / "dockerd.log").read_text(errors="replace")
+
     def stop(self) -> None:
         stop_process(self.process, timeout_s=30)
         shutil.rmtree(self.data_root, ignore_errors=True)

@@ -353,6 +353,8 @@ def second_engine(stack: Stack, tmp_path: Path) -> Iterator[SecondEngine]:
             assert not stack.run_containers(engine.host)
         finally:
             stack.run_engine = None  # the stack's tear-down then looks at the default engine only
+            errors = [line for line in engine.log().splitlines() if "level=error" in line]
+            print("\nsecond engine's errors:\n" + "\n".join(errors[-20:]) if errors else "")
             engine.stop()
 
 
