@@ -62,8 +62,9 @@ class SecondEngine:
         deadline = time.monotonic() + timeout_s
         while subprocess.run(["docker", "-H", engine.host, "info"], capture_output=True).returncode != 0:
             if process.poll() is not None or time.monotonic() > deadline:
+                log = engine.log()  # before stop(), which removes run_dir
                 engine.stop()
-                raise RuntimeError(f"second dockerd did not answer:\n{(run_dir / 'dockerd.log').read_text()[-3000:]}")
+                raise RuntimeError(f"second dockerd did not answer:\n{log[-3000:]}")
             time.sleep(0.5)
         return engine
 
@@ -72,6 +73,8 @@ class SecondEngine:
 
     def stop(self) -> None:
         stop_process(self.process, timeout_s=30)
+        # a dockerd that died uncleanly leaves its data root bind-mounted on itself: rmtree alone cannot remove it
+        subprocess.run(["umount", "--lazy", str(self.data_root)], check=False, capture_output=True)
         shutil.rmtree(self.data_root, ignore_errors=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)
         subprocess.run(["ip", "link", "del", self.bridge], check=False)

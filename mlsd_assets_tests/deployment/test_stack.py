@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +54,9 @@ QUEUE_PATH = [
 ]
 
 
+MIN_FREE_GB = 25
+
+
 def _model_config(config: dict[str, Any]) -> dict[str, Any]:
     return {"ops": {"cifar10_model": {"config": {"precision": "fp32", "threads": 2, **config}}}}
 
@@ -60,6 +64,11 @@ def _model_config(config: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def stack(docker_engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The compose project, up and healthy; the user-code image carries its registry name (pushed later)."""
+    root = json.loads(docker("info", "--format", "{{json .DockerRootDir}}"))
+    free_gb = shutil.disk_usage(root).free / 1e9
+    # under vfs every run container is a full copy of the 1.7 GB image (six of them here), and the second engine
+    # unpacks the image's layers once more: a full disk shows up as "no space left on device" at container create
+    assert free_gb >= MIN_FREE_GB, f"{root}: {free_gb:.0f} GB free, the stack tests need {MIN_FREE_GB} GB"
     build_dir = tmp_path_factory.mktemp("image-builds")
     started = time.monotonic()
     images = {name: ensure_image(name, build_dir, "train" if name == "user-code" else None) for name in IMAGES}
