@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 import time
@@ -40,6 +41,9 @@ class SecondEngine:
         subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
         subprocess.run(["ip", "addr", "add", f"10.254.{digest[0]}.1/24", "dev", bridge], check=True)
         subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
+        # its own identity: an engine's ID comes from its trust key, by default /etc/docker/key.json, which the
+        # engine already running here uses too (a real second host has its own)
+        (run_dir / "daemon.json").write_text(json.dumps({"deprecated-key-path": str(run_dir / "key.json")}))
         log = (run_dir / "dockerd.log").open("wb")
         process = subprocess.Popen(
             [
@@ -48,6 +52,7 @@ class SecondEngine:
                 f"--data-root={data_root}",
                 f"--exec-root={run_dir / 'exec'}",
                 f"--pidfile={run_dir / 'dockerd.pid'}",
+                f"--config-file={run_dir / 'daemon.json'}",
                 "--storage-driver=vfs",
                 f"--bridge={bridge}",
                 "--iptables=false",
