@@ -89,6 +89,8 @@ def stack(docker_engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
         started = time.monotonic()
         stack.up()
         stack.stop_automation()  # e.g. retraining_sensor would train again after every split
+        # the official batches as partitions, so that each test can also run alone (`-k second_engine`)
+        stack.compose_run("exec", "-T", "user_code", "python", "-m", "mlsd_assets", "register-batches")
         print(
             f"\nimages ready in {built:.0f} s; compose up --wait of {len(SERVICES)} services: "
             f"{time.monotonic() - started:.0f} s (subnet {stack.subnet}, project {project})"
@@ -166,7 +168,6 @@ def test_stack_runs_a_queued_job_in_containers(stack: Stack, tmp_path: Path) -> 
     """Ingest two batches, split, train and export: each run launched through the webserver's GraphQL as the UI
     does; the exported model served on the stack network and scraped by the stack's Prometheus."""
     started = time.monotonic()
-    stack.compose_run("exec", "-T", "user_code", "python", "-m", "mlsd_assets", "register-batches")
     ingestion = [stack.launch("ingestion_job", tags={"dagster/partition": p}) for p in ("data_batch_1", "test_batch")]
     inspects = [_run_and_check(stack, run_id) for run_id in ingestion]
     split = stack.launch("split_job", run_config=SPLIT_CONFIG)
