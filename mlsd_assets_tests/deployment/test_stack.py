@@ -410,14 +410,13 @@ def test_runs_on_a_second_engine_through_the_registry(
     assert engine["ID"] != first_engine_id
     events = [{k: row[k] for k in ("t_s", "event", "message")} for row in _timeline(stack, [run_id], started_wall)]
     launcher = "[DockerEngineRunLauncher] "  # Dagster prefixes the class of an engine event's reporter
-    on_engine = [
-        e["message"] for e in events if e["message"].startswith(f"{launcher}Run container {container_id[:12]}")
-    ]
+    messages = [entry.message or "" for entry in _events(stack, run_id)]  # whole: the timeline cuts them at 200
+    on_engine = [m for m in messages if m.startswith(f"{launcher}Run container {container_id[:12]}")]
     assert on_engine == [
         f"{launcher}Run container {container_id[:12]} is on Docker engine {engine['Name']} (ID {engine['ID']}, "
         f"data root {engine['DockerRootDir']}, Docker {engine['ServerVersion']})"
     ], events
-    pulls = [e["message"] for e in events if e["message"].startswith(f"{launcher}Pulled {stack.images['user-code']}")]
+    pulls = [m for m in messages if m.startswith(f"{launcher}Pulled {stack.images['user-code']} onto Docker engine")]
     assert len(pulls) == 1, events  # the image came from the registry, pulled by the launcher onto that engine
     tags = dict(stack.sql("SELECT key, value FROM run_tags WHERE run_id = %s", (run_id,)))
     assert tags["mlsd/docker_engine"] == f"{engine['Name']}/{engine['ID']}"
