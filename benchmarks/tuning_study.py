@@ -103,8 +103,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="sampler, subset and training seed")
     args = parser.parse_args()
     from mlsd_assets.core.platform.allocator import active_allocator, reexec_with_jemalloc
+    from mlsd_assets.settings import environment
 
-    reexec_with_jemalloc()  # before torch allocates anything
+    reexec_with_jemalloc(environment())  # before torch allocates anything
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     log, load = logging.getLogger("tuning_study"), LoadSampler()
     load.start()
