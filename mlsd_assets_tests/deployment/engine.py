@@ -79,7 +79,9 @@ class SecondEngine:
     def stop(self) -> None:
         stop_process(self.process, timeout_s=30)
         # a dockerd that died uncleanly leaves its data root bind-mounted on itself: rmtree alone cannot remove it
-        subprocess.run(["umount", "--lazy", str(self.data_root)], check=False, capture_output=True)
+        # and dockerd bind-mounts the host's network namespace under its exec root, which it does not undo
+        for mount in (self.data_root, self.run_dir / "exec" / "netns" / "default"):
+            subprocess.run(["umount", "--lazy", str(mount)], check=False, capture_output=True)
         shutil.rmtree(self.data_root, ignore_errors=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)
         subprocess.run(["ip", "link", "del", self.bridge], check=False)
