@@ -7,7 +7,12 @@
 With `--reference sgd` (the default: airbench94's recipe) the reference trains first, then the preset, in this
 process, on the same data, precision, threads and machine; the last line is the ratio of training times
 (time for the preset to first reach the reference's final test accuracy, at epoch granularity / the
-reference's time): below 1 is faster than the reference.
+reference's time): below 1 is faster than the reference. An epoch of a fixed-length run is not a finished
+training (its lr has not decayed), so `--budget-fractions 0.7` then also trains the preset as the pipeline
+does, under a time budget of that fraction of the reference's wall time (its training and its per-epoch test
+passes; the budgeted run counts its throughput probe, training and per-epoch test passes): the lines
+`BUDGET ...` say whether it reached the reference's accuracy in that time, and its optimisation time beside
+the reference's.
 
 Training time counts optimisation only (the per-epoch test pass is timed apart); the test set is used for
 reporting only, and the final epoch's model is the one measured (no selection on test), also at airbench94's
@@ -58,6 +63,14 @@ def main() -> int:
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"))
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--limit-train", type=int, default=0, help="use only the first N train images (smoke)")
+    parser.add_argument(
+        "--budget-fractions",
+        type=float,
+        nargs="*",
+        default=[],
+        metavar="F",
+        help="then train the preset under a time budget of each fraction of the reference's wall time",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="any TrainConfig field")
     args = parser.parse_args()
 
@@ -73,6 +86,7 @@ def main() -> int:
 
     import torch
 
+    from mlsd_assets.core.training.budget import size_to_budget
     from mlsd_assets.core.training.loader import eval_batches
     from mlsd_assets.core.training.recipes import TrainConfig, recipe_config
     from mlsd_assets.core.training.steps import tta_logits
@@ -115,9 +129,16 @@ def main() -> int:
     )
     print(f"torch={torch.__version__} data: {len(x_train)} train / {len(x_test)} test, loaded in {load_s:.1f}s")
 
-    def run(preset: str) -> tuple[list[tuple[float, float]], float, str]:
-        """(cumulative training seconds, test accuracy) after each epoch; final accuracy; precision."""
+    def run(preset: str, budget_s: float | None = None) -> tuple[list[tuple[float, float]], float, str, float]:
+        """(cumulative training seconds, test accuracy) after each epoch; final accuracy; precision; wall
+        seconds. With `budget_s`, sized to that many seconds of wall time (probe included) as the pipeline
+        sizes it."""
         config = recipe_config(preset, threads=args.threads, **overrides)
+        arrays = TrainData(x_train, y_train, x_test, y_test, mean, std)  # type: ignore[arg-type]
+        budget = None
+        wall = time.perf_counter()
+        if budget_s is not None:
+            config, budget, _, _ = size_to_budget(config, arrays, budget_s, log)
         print(f"config {preset}: {config.hyperparameters()}")
         curve: list[tuple[float, float]] = []
 
@@ -131,11 +152,9 @@ def main() -> int:
                 flush=True,
             )
 
-        wall = time.perf_counter()
-        arrays = TrainData(x_train, y_train, x_test, y_test, mean, std)  # type: ignore[arg-type]
-        result = train(arrays, config, log, on_epoch=on_epoch, select="last")
+        result = train(arrays, config, log, on_epoch=on_epoch, select="last", budget=budget)
         wall = time.perf_counter() - wall
-        images = sum(len(y_train) // config.batch_size * config.batch_size for _ in result.history)
+        images = result.steps * config.batch_size
         accuracy = result.validation["accuracy"]
         tta = []
         for level in (0, 1, 2):
@@ -151,23 +170,35 @@ def main() -> int:
             f" loadavg_end={os.getloadavg()[0]:.2f} test_acc_by_tta_level: {' '.join(tta)}",
             flush=True,
         )
-        return curve, accuracy, result.precision
+        return curve, accuracy, result.precision, wall
 
     if args.reference == "none":
         run(args.preset)
         return 0
-    ref_curve, ref_accuracy, precision = run(args.reference)
-    curve, accuracy, _ = run(args.preset)
+    ref_curve, ref_accuracy, precision, ref_wall = run(args.reference)
+    curve, accuracy, _, _ = run(args.preset)
     ref_seconds = ref_curve[-1][0]
     reached = next((seconds for seconds, acc in curve if acc >= ref_accuracy), None)
     ratio = f"{reached / ref_seconds:.2f}" if reached is not None else "not reached"
-    print(
-        f"RATIO preset={args.preset} reference={args.reference} precision={precision}"
-        f" reference_final_test_acc={ref_accuracy:.4f} reference_train_s={ref_seconds:.1f}"
-        f" preset_time_to_it_s={reached if reached is None else round(reached, 1)}"
-        f" preset_final_test_acc={accuracy:.4f} ratio={ratio}"
-        f" cpu={cpu['cpu.model']!r} flags={cpu['cpu.flags']!r}"
+    reference = (
+        f"reference={args.reference} precision={precision} reference_final_test_acc={ref_accuracy:.4f}"
+        f" reference_train_s={ref_seconds:.1f} reference_wall_s={ref_wall:.1f}"
     )
+    where = f"cpu={cpu['cpu.model']!r} flags={cpu['cpu.flags']!r}"
+    time_to_it = reached if reached is None else round(reached, 1)
+    print(
+        f"RATIO preset={args.preset} {reference} preset_time_to_it_s={time_to_it}"
+        f" preset_final_test_acc={accuracy:.4f} ratio={ratio} {where}"
+    )
+    for fraction in args.budget_fractions:
+        budget_curve, budget_accuracy, _, wall = run(args.preset, fraction * ref_wall)
+        print(
+            f"BUDGET preset={args.preset} fraction={fraction:.2f} budget_s={fraction * ref_wall:.1f}"
+            f" wall_s={wall:.1f} wall_ratio={wall / ref_wall:.2f} train_s={budget_curve[-1][0]:.1f}"
+            f" train_ratio={budget_curve[-1][0] / ref_seconds:.2f} final_test_acc={budget_accuracy:.4f}"
+            f" reached_reference={'yes' if budget_accuracy >= ref_accuracy else 'no'} {reference} {where}",
+            flush=True,
+        )
     return 0
 
 

@@ -60,16 +60,13 @@ def load_split(data: Path, work: Path, log: logging.Logger):  # noqa: ANN201
 
 def train_budgeted(config, split, minutes: float, log: logging.Logger) -> tuple[float, float, float, int]:  # noqa: ANN001
     """As `cifar10_model` trains: probe, plan, train with re-sizing; returns val acc, test acc, seconds, steps."""
-    from mlsd_assets.core.training.budget import TimeBudget, budgeted, measure_throughput, plan_budget
+    from mlsd_assets.core.training.budget import size_to_budget
     from mlsd_assets.core.training.steps import evaluate
     from mlsd_assets.core.training.train import TrainData, train
 
-    budget = TimeBudget(minutes * 60)
     data = TrainData.from_split(split)
-    probe = measure_throughput(config, data, log)
-    plan = plan_budget(budget.seconds, probe, len(data.train_labels), len(data.val_labels), config.batch_size)
-    budget.eval_seconds_hint = len(data.val_labels) / probe.eval_images_per_second
-    result = train(data, budgeted(config, plan), log, budget=budget)
+    sized, budget, _, _ = size_to_budget(config, data, minutes * 60, log)
+    result = train(data, sized, log, budget=budget)
     seconds = time.perf_counter() - budget.started
     x_test, y_test = split.arrays("test")  # measured once, after selection on validation
     test = evaluate(result.model, x_test, y_test)

@@ -37,23 +37,16 @@ def sized_config(
     """`config` as asked, or sized to the time budget: by a throughput probe (recorded in the run), or as
     the checkpoint was (a resumed run keeps its checkpoint's plan); and the budget for training to keep
     re-sizing to (None when nothing is to be re-sized). The budget counts from this call."""
-    from mlsd_assets.core.training.budget import TimeBudget, budgeted, measure_throughput, plan_budget
+    from mlsd_assets.core.training.budget import size_to_budget
 
     if budget_s is None:
         return config, None
     if previous is not None:
         planned = previous["config"]
         return dataclasses.replace(config, epochs=planned["epochs"], max_steps=planned["max_steps"]), None
-    budget = TimeBudget(budget_s)
-    probe = measure_throughput(config, data, logger)
-    plan = plan_budget(budget_s, probe, len(data.train_labels), len(data.val_labels), config.batch_size)
-    logger.info(
-        f"time budget {budget_s / 60:.1f} min: {plan.steps} steps ({plan.steps / plan.steps_per_epoch:.2f}"
-        f" epochs), estimated {plan.expected_seconds:.0f}s"
-    )
+    sized, budget, probe, plan = size_to_budget(config, data, budget_s, logger)
     log_budget(tracking, run_id, probe, plan)
-    budget.eval_seconds_hint = len(data.val_labels) / probe.eval_images_per_second
-    return budgeted(config, plan), budget
+    return sized, budget
 
 
 def log_setup(

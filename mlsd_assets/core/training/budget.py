@@ -147,6 +147,22 @@ def budgeted(config: TrainConfig, plan: BudgetPlan) -> TrainConfig:
     return dataclasses.replace(config, epochs=plan.epochs, max_steps=plan.steps)
 
 
+def size_to_budget(
+    config: TrainConfig, data: TrainData, seconds: float, logger: logging.Logger
+) -> tuple[TrainConfig, TimeBudget, Throughput, BudgetPlan]:
+    """Probe, plan and the deadline, as `cifar10_model` trains: the config sized to `seconds`, and the budget
+    (counting from this call, so the probe is part of it) for `train(budget=...)` to keep re-sizing to."""
+    budget = TimeBudget(seconds)
+    probe = measure_throughput(config, data, logger)
+    plan = plan_budget(seconds, probe, len(data.train_labels), len(data.val_labels), config.batch_size)
+    budget.eval_seconds_hint = len(data.val_labels) / probe.eval_images_per_second
+    logger.info(
+        f"time budget {seconds / 60:.1f} min: {plan.steps} steps ({plan.steps / plan.steps_per_epoch:.2f}"
+        f" epochs), estimated {plan.expected_seconds:.0f}s"
+    )
+    return budgeted(config, plan), budget, probe, plan
+
+
 def steps_that_fit(
     seconds: float, step_seconds: float, eval_seconds: float, steps_per_epoch: int, minimum: int = 1
 ) -> int:

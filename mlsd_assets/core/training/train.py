@@ -163,6 +163,7 @@ def train(
         run.end_epoch(stats, meter, budget, logger)  # history, budget, best epoch, checkpoint
         if on_epoch is not None:
             on_epoch(stats)
+        progress.leave_out(time.perf_counter() - started - train_seconds)  # validation, checkpoint, callbacks
     return run.result(data, precision, select)
 
 
@@ -365,6 +366,11 @@ class _Progress:
         )
         self.last_time, self.last_step = now, step + 1
         return rate
+
+    def leave_out(self, seconds: float) -> None:
+        """Time spent outside training steps (the epoch's validation pass): not part of the next window's
+        speed, which the budget re-sizes by (counted in, it planned too few steps and the run ended early)."""
+        self.last_time += seconds
 
 
 def read_checkpoint(checkpoint_dir: Path | None) -> dict[str, Any] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -12,11 +13,11 @@ from mlsd_assets.core.training.budget import (
     Throughput,
     TimeBudget,
     budgeted,
-    measure_throughput,
     plan_budget,
+    size_to_budget,
 )
 from mlsd_assets.core.training.recipes import recipe_config
-from mlsd_assets.core.training.train import TrainData, total_steps, train
+from mlsd_assets.core.training.train import TrainData, _Progress, total_steps, train
 from mlsd_assets_tests.synthetic import make_split
 from mlsd_assets_tests.training.tiny import TINY
 
@@ -64,15 +65,14 @@ def test_tiny_budget_is_met_within_ten_percent(caplog: pytest.LogCaptureFixture)
     config = recipe_config("fast", **{**TINY, "threads": 1})  # one thread: least hurt by busy neighbours
     budget = 30.0
     start = time.perf_counter()
-    probe = measure_throughput(config, data, LOG)
-    assert probe.train_images_per_second > 0 and probe.eval_images_per_second > 0
-    assert probe.precision == "fp32" and probe.cpu_model
-    plan = plan_budget(budget, probe, len(data.train_labels), len(data.val_labels), config.batch_size)
-    assert plan.steps >= 5  # enough work that the check means something
     with caplog.at_level(logging.INFO, logger="test"):
-        eval_hint = len(data.val_labels) / probe.eval_images_per_second
-        time_budget = TimeBudget(budget, eval_seconds_hint=eval_hint, started=start)
-        result = train(data, budgeted(config, plan), LOG, progress_every=1.0, budget=time_budget)
+        sized, time_budget, probe, plan = size_to_budget(config, data, budget, LOG)
+        assert probe.train_images_per_second > 0 and probe.eval_images_per_second > 0
+        assert probe.precision == "fp32" and probe.cpu_model
+        assert plan.steps >= 5  # enough work that the check means something
+        assert time_budget.eval_seconds_hint == pytest.approx(len(data.val_labels) / probe.eval_images_per_second)
+        assert (sized.max_steps, sized.epochs) == (plan.steps, plan.epochs)
+        result = train(data, sized, LOG, progress_every=1.0, budget=time_budget)
     elapsed = time.perf_counter() - start
     assert result.steps >= 5 and len(result.history) == -(-result.steps // plan.steps_per_epoch)
     assert abs(elapsed - budget) <= 0.1 * budget, (elapsed, plan)
@@ -98,3 +98,13 @@ def test_training_stops_once_the_budget_is_spent_even_when_every_step_outlasts_a
     spent = TimeBudget(1.0, started=time.perf_counter() - 10.0)
     result = train(data, config, LOG, progress_every=0.0, budget=spent)
     assert result.steps == 1 and len(result.history) == 1
+
+
+def test_the_speed_the_budget_re_sizes_by_leaves_out_the_validation_pass() -> None:
+    # 10 steps in 1 s of training, then 1 s of validation: 10 steps/s, not 5 (which planned too few steps).
+    run = SimpleNamespace(epoch=0, epochs=2, steps_per_epoch=10, total_steps=20)
+    progress = _Progress(LOG, every=0.0, run=run)  # type: ignore[arg-type]
+    progress.last_time = time.perf_counter() - 2.0
+    progress.leave_out(1.0)
+    rate = progress.step(i=9, step=9, batch=100, loss=1.0)
+    assert rate == pytest.approx(10.0, rel=0.05)
