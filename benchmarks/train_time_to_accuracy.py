@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/train_time_to_accuracy.py --preset vgg11 --reference none   # 1 epoch, alone
 
 With `--reference sgd` (the default: airbench94's recipe) the reference trains first, then the preset, in this
-process, on the same data, precision, threads and machine; the last line is the ratio of training times
+process, on the same data, precision, threads and machine; then a `RATIO` line gives the ratio of training times
 (time for the preset to first reach the reference's final test accuracy, at epoch granularity / the
 reference's time): below 1 is faster than the reference. An epoch of a fixed-length run is not a finished
 training (its lr has not decayed), so `--budget-fractions 0.7` then also trains the preset as the pipeline
