@@ -143,7 +143,7 @@ class _CalibrationReader:
 
 def fp32_boundary_nodes(proto: onnx.ModelProto) -> list[str]:
     """Names of the weighted nodes kept in fp32: the first layer(s) (fed by the preprocessing) and the last
-    (the classifier head). With flip-TTA the net runs twice, so there are two of each."""
+    (the classifier head); a graph that runs the net twice for flip-TTA (exports before 2026-12) has two of each."""
     weighted = {"Conv", "MatMul", "Gemm"}
     producer = {out: node for node in proto.graph.node for out in node.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
@@ -139,7 +141,51 @@ class InferenceModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.preprocess(images)
-        logits = self.net(x)
-        if self.flip_tta:
-            logits = 0.5 * (logits + self.net(torch.flip(x, dims=[3])))
-        return logits
+        if not self.flip_tta:
+            return self.net(x)
+        # The images and their mirrors as one batch: one pass of the net (one ONNX node per layer, bigger GEMMs).
+        both = self.net(torch.cat([x, torch.flip(x, dims=[3])]))
+        return both.unflatten(0, (2, -1)).mean(0)
+
+    def fused(self) -> InferenceModel:
+        """An eval-mode copy with its batch norms folded into the convs (`fold_batch_norms`): what is exported."""
+        fused = copy.deepcopy(self).eval()
+        fold_batch_norms(fused.net)
+        return fused
+
+
+@torch.no_grad()
+def fold_batch_norms(net: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm2d into the conv before it, in place: directly after the conv, or after a
+    max-pool when every channel's scale is positive (a per-channel increasing affine map commutes with max).
+    The function is unchanged, the served graph loses a node per norm, and a quantized conv keeps its output in
+    int8 where a norm in between would need fp32. Norms that cannot be folded are left as they are."""
+    for seq in [m for m in net.modules() if isinstance(m, nn.Sequential)]:
+        layers = list(seq)
+        for i, bn in enumerate(layers):
+            if not isinstance(bn, nn.BatchNorm2d) or bn.training or not bn.track_running_stats:
+                continue
+            j = i - 2 if i >= 2 and isinstance(layers[i - 1], nn.MaxPool2d) else i - 1
+            conv = layers[j] if j >= 0 else None
+            if not isinstance(conv, nn.Conv2d) or conv.groups != 1:
+                continue
+            weight = bn.weight if bn.affine else torch.ones_like(bn.running_var)
+            scale = weight / torch.sqrt(bn.running_var + bn.eps)
+            if j == i - 2 and not bool((scale > 0).all()):
+                continue
+            folded = nn.Conv2d(
+                conv.in_channels,
+                conv.out_channels,
+                conv.kernel_size,
+                conv.stride,
+                conv.padding,
+                conv.dilation,
+                padding_mode=conv.padding_mode,
+            ).to(conv.weight)
+            folded.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
+            shift = bn.bias if bn.affine else torch.zeros_like(scale)
+            folded.bias.copy_((bias - bn.running_mean) * scale + shift)
+            seq[j], seq[i] = folded.eval(), nn.Identity()
+            layers[j], layers[i] = seq[j], seq[i]
+    return net

@@ -52,6 +52,13 @@ def test_export_passes_checker_and_keeps_the_serving_contract(exported) -> None:
     assert {p.key: p.value for p in proto.metadata_props}["mlsd.architecture"] == "airbench"
 
 
+def test_export_is_one_pass_with_norms_folded_and_gelu_as_one_op(exported) -> None:  # type: ignore[no-untyped-def]
+    """flip-TTA as one batch (one conv per layer, not two), no batch norms, one Gelu node per activation."""
+    ops = [n.op_type for n in onnx.load_model_from_string(exported[1]).graph.node]
+    assert ops.count("Conv") == 7 and ops.count("Gelu") == 7, ops
+    assert not {"BatchNormalization", "Erf"} & set(ops), ops
+
+
 @pytest.mark.parametrize("batch", [1, 7])
 def test_dynamic_batch(exported, batch: int) -> None:  # type: ignore[no-untyped-def]
     _, data = exported

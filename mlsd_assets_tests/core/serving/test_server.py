@@ -411,3 +411,23 @@ def test_queue_delay_waits_for_company_unless_the_batch_is_full():
     calls.clear()
     _, seconds = asyncio.run(scenario(delay_us=5_000_000, max_batch=3))
     assert calls == [3] and seconds < 2.5, f"a full batch waited for the 5 s delay: {seconds:.2f} s"
+
+
+def test_a_request_alone_runs_at_once_unless_a_queue_delay_asks_to_wait():
+    """`alone`: one chunk runs in the caller's task; chunks of a big request and any configured wait still queue."""
+
+    async def scenario(delay_us: int) -> list[bool]:
+        in_task: list[bool] = []
+
+        def run(images: np.ndarray) -> np.ndarray:
+            in_task.append(asyncio.current_task() is not None)
+            return images.reshape(len(images), -1)[:, :1].astype(np.float32)
+
+        batcher = Batcher(run, BatchingConfig(max_batch_size=16, max_queue_delay_us=delay_us), lambda *a: None)
+        one = await batcher.infer(np.full((1, 2, 2, 3), 7, np.uint8), alone=True)
+        big = await batcher.infer(np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1).repeat(12, 1), alone=True)
+        assert one.tolist() == [[7.0]] and big[:, 0].tolist() == list(range(40))
+        return in_task
+
+    assert asyncio.run(scenario(0)) == [True, False, False, False]  # 40 images: 3 queued chunks
+    assert asyncio.run(scenario(2000)) == [False] * 4

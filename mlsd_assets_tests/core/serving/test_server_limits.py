@@ -213,3 +213,86 @@ def test_connection_limit_answers_503_beyond_it(tiny_model: Path, tmp_path: Path
                 s.close()
         time.sleep(0.2)
         assert httpx.get(f"{base_url}/v2/health/live").status_code == 200
+
+
+class RecordingPredictor:
+    """The tiny model, noting per ORT call its images and whether it ran in a request's own task (the batcher
+    runs queued batches from a loop callback, outside any task); `hold_s` delays the next call once."""
+
+    def __init__(self, model: Path) -> None:
+        from mlsd_assets.core.serving.server.model import Predictor
+
+        inner = Predictor(model)
+        self.contract, self.session, self._logits = inner.contract, inner.session, inner.logits
+        self.hold_s, self.calls = 0.0, []
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        self.calls.append((len(images), asyncio.current_task() is not None))
+        time.sleep(self.hold_s)
+        self.hold_s = 0.0
+        return self._logits(images)
+
+
+@contextmanager
+def serve_in_thread(app) -> Iterator[str]:  # noqa: ANN001
+    """uvicorn with the server's own protocol class, in a thread of this process (so the test sees the app)."""
+    import threading
+
+    import uvicorn
+
+    from mlsd_assets.core.serving.server.protocol import BoundedHttpToolsProtocol
+
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=BoundedHttpToolsProtocol, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_a_request_alone_runs_at_once_and_concurrent_ones_still_share_batches(tiny_model: Path):
+    """Default batching (no queue delay): a request alone in the server runs the model in its own task, with no
+    hop through the queue; requests that arrive together on open connections are still coalesced, each answered
+    with its own logits."""
+    from mlsd_assets.core.serving.server.app import create_app
+
+    images, _ = make_images(40, seed=11)
+    expected = ort.InferenceSession(str(tiny_model), providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"images": images}
+    )[0]
+    predictor = RecordingPredictor(tiny_model)
+
+    async def post(http: httpx.AsyncClient, i: int) -> np.ndarray:
+        content, headers = infer_body("images", "logits", images[i : i + 1])
+        r = await http.post(INFER, content=content, headers=headers)
+        assert r.status_code == 200, r.text
+        return infer_outputs(r.content, r.headers.get("inference-header-content-length"))["logits"][0]
+
+    async def scenario(base_url: str) -> list[np.ndarray]:
+        async with httpx.AsyncClient(base_url=base_url, limits=httpx.Limits(max_connections=16)) as http:
+            answers = await asyncio.gather(*(post(http, i) for i in range(16)))  # opens 16 keep-alive connections
+            predictor.calls.clear()
+            predictor.hold_s = 0.3  # the next call holds the model: the others arrive meanwhile
+            first = asyncio.create_task(post(http, 16))
+            await asyncio.sleep(0.1)
+            answers += await asyncio.gather(first, *(post(http, i) for i in range(17, 32)))
+            answers += [await post(http, i) for i in range(32, 40)]
+        return answers
+
+    with serve_in_thread(create_app(predictor)) as base_url:
+        answers = asyncio.run(scenario(base_url))
+    np.testing.assert_allclose(np.stack(answers), expected, rtol=1e-5, atol=1e-6)
+    calls = predictor.calls
+    assert calls[0] == (1, True), calls  # alone: ran at once, in its own task
+    assert calls[-8:] == [(1, True)] * 8, calls  # one by one: each alone
+    shared = calls[1:-8]
+    assert sum(n for n, _ in shared) == 15 and max(n for n, _ in shared) > 1, calls
+    assert all(not in_task for n, in_task in shared if n > 1), calls  # batches run from the queue

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mlsd_assets.core.training.loader import Augmentation, TrainBatches
-from mlsd_assets.core.training.models import AirbenchNet, InferenceModel, build_model
+from mlsd_assets.core.training.models import AirbenchNet, InferenceModel, build_model, fold_batch_norms
 from mlsd_assets_tests.synthetic import make_images
 
 
@@ -19,6 +19,58 @@ def test_inference_model_takes_raw_pixels(architecture: str) -> None:
         logits = model(torch.from_numpy(images))
     assert logits.shape == (3, 10) and logits.dtype == torch.float32
     assert torch.isfinite(logits).all()
+
+
+def _with_trained_statistics(model: InferenceModel, seed: int = 0) -> InferenceModel:
+    """Batch-norm statistics and shifts far from their initial values, as after training."""
+    generator = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.5, generator=generator)
+            m.running_var.uniform_(0.3, 3.0, generator=generator)
+            m.bias.data.normal_(0, 0.3, generator=generator)
+    return model.eval()
+
+
+@pytest.mark.parametrize("architecture", ["airbench", "vgg11"])
+def test_fused_model_folds_every_norm_and_computes_the_same_logits(architecture: str) -> None:
+    widths = (8, 16, 16) if architecture == "airbench" else None
+    model = _with_trained_statistics(InferenceModel(build_model(architecture, widths), (0.5,) * 3, (0.25,) * 3))
+    fused = model.fused()
+    images = torch.from_numpy(make_images(16, seed=7)[0])
+    with torch.no_grad():
+        assert torch.allclose(fused(images), model(images), atol=1e-5, rtol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()), "the original is left as it was"
+
+
+def test_a_norm_after_a_pool_with_a_negative_scale_is_not_folded() -> None:
+    """max(-x) is not -max(x): folding across the pool would change the function, so the norm stays."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.MaxPool2d(2), torch.nn.BatchNorm2d(4))
+    net[2].weight.data = torch.tensor([1.0, -1.0, 2.0, 0.5])
+    net.eval()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = net(x)
+        fold_batch_norms(net)
+        assert isinstance(net[2], torch.nn.BatchNorm2d)
+        assert torch.equal(net(x), expected)
+        net[2].weight.data.abs_()
+        expected = net(x)
+        fold_batch_norms(net)
+        assert isinstance(net[2], torch.nn.Identity)
+        assert torch.allclose(net(x), expected, atol=1e-5)
+
+
+def test_flip_tta_is_the_mean_of_the_image_and_its_mirror() -> None:
+    """One pass of the net over image and mirror together, equal to two separate passes."""
+    model = _with_trained_statistics(InferenceModel(build_model("airbench", (8, 16, 16)), (0.5,) * 3, (0.25,) * 3))
+    images = torch.from_numpy(make_images(5, seed=8)[0])
+    with torch.no_grad():
+        plain = model(images)
+        mirrored = model(images.flip(2))  # NHWC: axis 2 is the width
+        model.flip_tta = True
+        assert torch.allclose(model(images), (plain + mirrored) / 2, atol=1e-5)
 
 
 def test_preprocess_normalises_with_split_statistics() -> None:

@@ -5,7 +5,9 @@ each thread hop (queue put, worker wake-up, call back into the loop) cost more t
 still form, because a request does not run the model when it is parsed; it queues, and the queue is drained by a
 callback scheduled behind every request the loop has already read (or after `max_queue_delay_us`). A request
 larger than `max_batch_size` is cut into chunks queued one after another, so health checks and small requests
-are answered between the chunks of a 1024-image batch instead of after all of it.
+are answered between the chunks of a 1024-image batch instead of after all of it. A request the server knows to be
+the only one in flight (`alone`) runs at once, in its own task: the queue's two loop iterations would only wait
+for company that cannot come.
 """
 
 from __future__ import annotations
@@ -52,9 +54,16 @@ class Batcher:
         self._queued_images = 0
         self._drain_handle: asyncio.Handle | asyncio.TimerHandle | None = None
 
-    async def infer(self, images: np.ndarray) -> np.ndarray:
-        """Chunks of at most max_batch_size queue one at a time: other requests interleave between them."""
+    async def infer(self, images: np.ndarray, alone: bool = False) -> np.ndarray:
+        """Chunks of at most max_batch_size queue one at a time: other requests interleave between them.
+        `alone`: no other request is in flight, so one chunk runs now unless a queue delay asks to wait."""
         size = self.config.max_batch_size
+        if alone and len(images) <= size and not self._queue and not self.config.max_queue_delay_us:
+            try:
+                return self._timed(images, [time.perf_counter()])
+            except Exception:
+                log.exception("inference failed on a request of %d images", len(images))
+                raise
         if len(images) <= size:
             return await self._submit(images)
         return np.concatenate([await self._submit(images[lo : lo + size]) for lo in range(0, len(images), size)])
@@ -94,17 +103,22 @@ class Batcher:
             if self._queue and self._drain_handle is None:
                 self._drain_handle = asyncio.get_running_loop().call_soon(self._drain)
 
-    def _run_batch(self, jobs: list[_Job]) -> None:
+    def _timed(self, batch: np.ndarray, queued_at: list[float]) -> np.ndarray:
+        """One ORT call, observed: its images, its seconds, and how long each request in it waited."""
         start = time.perf_counter()
+        logits = self._run(batch)
+        self._observe(len(batch), time.perf_counter() - start, [start - t for t in queued_at])
+        return logits
+
+    def _run_batch(self, jobs: list[_Job]) -> None:
         try:
             batch = jobs[0].images if len(jobs) == 1 else np.concatenate([j.images for j in jobs])
-            logits = self._run(batch)
+            logits = self._timed(batch, [j.queued_at for j in jobs])
         except Exception as exc:  # delivered to each waiting request, which answers 500 with the reason
             log.exception("inference failed on a batch of %d requests", len(jobs))
             for job in jobs:
                 job.future.set_exception(exc)
             return
-        self._observe(len(batch), time.perf_counter() - start, [start - j.queued_at for j in jobs])
         lo = 0
         for job in jobs:
             hi = lo + len(job.images)

@@ -12,6 +12,7 @@ import base64
 import binascii
 import io
 import json
+import math
 import struct
 from dataclasses import dataclass
 
@@ -160,7 +161,7 @@ def _uint8(t: _Tensor, image_shape: tuple, limits: Limits) -> np.ndarray:
     if len(shape) != 4 or shape[1:] != image_shape:
         raise InputError(400, f"{where}: UINT8 shape must be [N,{expected}] (NHWC), got {list(shape)}")
     n = _batch(shape[0], limits, where)
-    need = n * int(np.prod(image_shape))
+    need = n * math.prod(image_shape)
     if binary is not None:
         if len(binary) != need:
             raise InputError(400, f"{where}: shape {list(shape)} needs {need} bytes, binary data has {len(binary)}")

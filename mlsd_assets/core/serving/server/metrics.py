@@ -37,6 +37,20 @@ class Metrics:
             "mlsd_batch_size", "Images per ORT call.", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r
         )
         self.images = Counter("mlsd_inferred_images", "Images classified.", registry=r)
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def count_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One finished request; the labelled children are looked up once per (route, method, status)."""
+        if status == CLIENT_GONE:
+            self.disconnects.labels(route).inc()
+            return
+        key = (route, method if method in METHODS else "OTHER", status)
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(route, key[1], str(status)), self.request_seconds.labels(route))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_batch(self, images: int, seconds: float, queued: list[float]) -> None:
         self.images.inc(images)
@@ -66,9 +80,4 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             route = self.templates.get(scope.get("endpoint"), "other")
-            if status[0] == CLIENT_GONE:
-                self.metrics.disconnects.labels(route).inc()
-            else:
-                method = scope["method"] if scope["method"] in METHODS else "OTHER"
-                self.metrics.requests.labels(route, method, str(status[0])).inc()
-                self.metrics.request_seconds.labels(route).observe(time.perf_counter() - start)
+            self.metrics.count_request(route, scope["method"], status[0], time.perf_counter() - start)

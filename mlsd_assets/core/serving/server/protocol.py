@@ -1,4 +1,5 @@
-"""uvicorn's httptools protocol with what it lacks: a cap on request head bytes and a deadline for the head.
+"""uvicorn's httptools protocol with what it lacks: a cap on request head bytes and a deadline for the head,
+and the count of requests in flight, for the batcher.
 
 llhttp (via httptools) accepts headers of any size and waits forever for the end of a head, so one client could
 hold hundreds of MB in a header or keep a connection open byte by byte. h11 has a size cap but is ~30% slower.
@@ -13,6 +14,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 MAX_HEAD_BYTES = 64 * 1024
 HEAD_TIMEOUT_S = 10.0
+# scope["extensions"][REQUEST_TASKS]: the server's set of unfinished request tasks, started or not, so the app can
+# tell a request that is alone in the server (and need not wait for a batch to form) from one with company.
+REQUEST_TASKS = "mlsd.request_tasks"
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -40,6 +44,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._end_head()
+        self.scope.setdefault("extensions", {})[REQUEST_TASKS] = self.tasks  # type: ignore[typeddict-item]
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
