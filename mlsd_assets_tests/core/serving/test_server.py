@@ -431,3 +431,37 @@ def test_a_request_alone_runs_at_once_unless_a_queue_delay_asks_to_wait():
 
     assert asyncio.run(scenario(0)) == [True, False, False, False]  # 40 images: 3 queued chunks
     assert asyncio.run(scenario(2000)) == [False] * 4
+
+
+def test_workers_run_batches_side_by_side_and_each_request_gets_its_own_rows():
+    """Two workers: the chunks of a big request run two at a time on worker threads, in the right order, and
+    small requests queued meanwhile are answered with their own rows."""
+    import threading
+
+    running, peak, threads = [0], [0], set()
+    lock = threading.Lock()
+
+    def run_single(images: np.ndarray) -> np.ndarray:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            threads.add(threading.current_thread().name)
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+        return images.reshape(len(images), -1)[:, :1].astype(np.float32)
+
+    def run_on_loop(images: np.ndarray) -> np.ndarray:
+        raise AssertionError("with two workers, queued batches must not run on the loop's thread")
+
+    async def scenario() -> tuple[np.ndarray, list[np.ndarray]]:
+        batcher = Batcher(run_on_loop, BatchingConfig(max_batch_size=8, workers=2), lambda *a: None, run_single)
+        big = np.arange(64, dtype=np.uint8).reshape(64, 1, 1, 1)
+        smalls = [np.full((1, 1, 1, 1), 100 + i, np.uint8) for i in range(6)]
+        answers = await asyncio.gather(batcher.infer(big), *(batcher.infer(s) for s in smalls))
+        return answers[0], answers[1:]
+
+    big, smalls = asyncio.run(scenario())
+    assert big[:, 0].tolist() == list(range(64))
+    assert [s[:, 0].tolist() for s in smalls] == [[100.0 + i] for i in range(6)]
+    assert peak[0] == 2 and all(name.startswith("mlsd-ort") for name in threads), (peak, threads)

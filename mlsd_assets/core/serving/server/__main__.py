@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     numbers = (  # (flag, type, default, help)
         ("--max-batch-size", int, BatchingConfig.max_batch_size, "images per ORT call; bigger requests run in chunks"),
         ("--max-queue-delay-us", int, BatchingConfig.max_queue_delay_us, "wait of a batch's first request (0: none)"),
+        ("--workers", int, BatchingConfig.workers, "batches run at once, one thread each (0: one per core)"),
         ("--max-request-images", int, Limits.max_batch, "images per request"),
         ("--max-body-bytes", int, Limits.max_body_bytes, "body bytes per request"),
         ("--max-inflight-bytes", int, Limits.max_inflight_bytes, "bodies held by all requests together; beyond: 503"),
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         max_inflight_bytes=args.max_inflight_bytes,
         body_timeout_s=args.body_timeout_s,
     )
-    batching = BatchingConfig(args.batching, args.max_batch_size, args.max_queue_delay_us)
+    batching = BatchingConfig(args.batching, args.max_batch_size, args.max_queue_delay_us, args.workers)
     app = create_app(predictor, limits, batching)
     protocol = type(
         "Protocol",

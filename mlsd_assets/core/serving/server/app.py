@@ -106,7 +106,7 @@ def _error(status: int, reason: str) -> Response:
     return JSONResponse({"error": reason}, status_code=status, headers=headers)
 
 
-def _model_metadata(predictor: Predictor, limits: Limits, batching: BatchingConfig) -> bytes:
+def _model_metadata(predictor: Predictor, limits: Limits, batching: BatchingConfig, workers: int) -> bytes:
     """`GET /v2/models/{name}`, rendered once: the contract, the limits and the batching this server runs with."""
     contract = predictor.contract
     body = {
@@ -127,6 +127,7 @@ def _model_metadata(predictor: Predictor, limits: Limits, batching: BatchingConf
                 "enabled": batching.enabled,
                 "max_batch_size": batching.max_batch_size,
                 "max_queue_delay_us": batching.max_queue_delay_us,
+                "workers": workers,
             },
             "runtime": {"onnxruntime": ort.__version__, "providers": predictor.session.get_providers()},
         },
@@ -143,9 +144,11 @@ class _Endpoints:
         run_id = contract.metadata.get("mlsd.mlflow_run_id", "")
         labels = {"model_name": contract.name, "model_version": contract.version, "mlflow_run_id": run_id}
         self.metrics = Metrics(labels)
-        self.batcher = Batcher(predictor.logits, batching, self.metrics.observe_batch)
+        # Test doubles without a one-thread entry point run every batch on the loop's thread.
+        one_thread = getattr(predictor, "one_thread_logits", None)
+        self.batcher = Batcher(predictor.logits, batching, self.metrics.observe_batch, one_thread)
         self.budget = ByteBudget(limits.max_inflight_bytes)
-        self.model_json = _model_metadata(predictor, limits, batching)
+        self.model_json = _model_metadata(predictor, limits, batching, self.batcher.workers)
 
     def routes(self) -> list[Route]:
         model, versioned = "/v2/models/{name}", "/v2/models/{name}/versions/{version}"

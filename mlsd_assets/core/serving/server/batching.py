@@ -1,22 +1,28 @@
-"""Dynamic batching on the event loop: the requests that arrive together are coalesced into one ORT call.
+"""Dynamic batching: the requests that arrive together are coalesced into one ORT call.
 
-The model runs inline on the event-loop thread, with no hand-over to a worker thread: on a loaded 2-core machine
-each thread hop (queue put, worker wake-up, call back into the loop) cost more than the whole HTTP path. Batches
-still form, because a request does not run the model when it is parsed; it queues, and the queue is drained by a
-callback scheduled behind every request the loop has already read (or after `max_queue_delay_us`). A request
-larger than `max_batch_size` is cut into chunks queued one after another, so health checks and small requests
-are answered between the chunks of a 1024-image batch instead of after all of it. A request the server knows to be
-the only one in flight (`alone`) runs at once, in its own task: the queue's two loop iterations would only wait
-for company that cannot come.
+Batches form on the event loop: a request does not run the model when it is parsed; it queues, and the queue is
+drained by a callback scheduled behind every request the loop has already read (or after `max_queue_delay_us`).
+A request larger than `max_batch_size` is cut into chunks queued a few at a time, so health checks and small
+requests are answered between the chunks of a 1024-image batch instead of after all of it.
+
+Where a batch runs: with `workers` > 1 (default: one per core) each batch goes to a worker thread that runs a
+single-threaded ORT call, up to `workers` batches at once; on 2 cores two such calls side by side classify
+1.1-1.5x the images per second of one call on two intra-op threads (the smaller the batch, the larger the gain),
+and the event loop keeps reading requests meanwhile. With one worker, or a predictor without a single-thread
+entry point, batches run on the loop's thread as one ORT call on all intra-op threads. A request the server knows
+to be the only one in flight (`alone`) runs at once on the loop's thread with all intra-op threads: no queue, no
+thread hop, the lowest latency for one image.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +37,7 @@ class BatchingConfig:
     enabled: bool = True
     max_batch_size: int = 16  # per ORT call; also the chunk size of big requests (the longest a small one waits)
     max_queue_delay_us: int = 0  # 0: take what the loop has read by then (batches form under load)
+    workers: int = 0  # batches run at once, each single-threaded (0: one per core; 1: on the loop's thread)
 
 
 @dataclass
@@ -44,29 +51,48 @@ Observer = Callable[[int, float, list[float]], None]  # (batch images, ORT secon
 
 
 class Batcher:
-    """`await infer(images)` returns that request's own logits; one ORT call at a time, on the loop's thread."""
+    """`await infer(images)` returns that request's own logits. `run` is the ORT call on all intra-op threads;
+    `run_single` (optional) the same model on one thread, for the worker threads."""
 
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], config: BatchingConfig, observe: Observer) -> None:
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], np.ndarray],
+        config: BatchingConfig,
+        observe: Observer,
+        run_single: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
         self._run = run
         self.config = config
         self._observe = observe
         self._queue: deque[_Job] = deque()
         self._queued_images = 0
         self._drain_handle: asyncio.Handle | asyncio.TimerHandle | None = None
+        workers = config.workers or len(os.sched_getaffinity(0))
+        self._run_single = run_single if workers > 1 else None
+        self.workers = workers if self._run_single else 1  # batches at once
+        self._pool = ThreadPoolExecutor(self.workers, "mlsd-ort") if self._run_single else None
+        self._busy = 0  # batches running on the workers
 
     async def infer(self, images: np.ndarray, alone: bool = False) -> np.ndarray:
-        """Chunks of at most max_batch_size queue one at a time: other requests interleave between them.
-        `alone`: no other request is in flight, so one chunk runs now unless a queue delay asks to wait."""
+        """Chunks of at most max_batch_size queue a few at a time (as many as there are workers): other requests
+        interleave between them. `alone`: no other request is in flight, so one chunk runs now unless a queue
+        delay asks to wait."""
         size = self.config.max_batch_size
-        if alone and len(images) <= size and not self._queue and not self.config.max_queue_delay_us:
+        idle = not self._queue and not self._busy
+        if alone and idle and len(images) <= size and not self.config.max_queue_delay_us:
             try:
-                return self._timed(images, [time.perf_counter()])
+                return self._timed(self._run, images, [time.perf_counter()])
             except Exception:
                 log.exception("inference failed on a request of %d images", len(images))
                 raise
         if len(images) <= size:
             return await self._submit(images)
-        return np.concatenate([await self._submit(images[lo : lo + size]) for lo in range(0, len(images), size)])
+        chunks = [images[lo : lo + size] for lo in range(0, len(images), size)]
+        step = self.workers if self._pool else 1
+        parts = []
+        for first in range(0, len(chunks), step):
+            parts += await asyncio.gather(*(self._submit(c) for c in chunks[first : first + step]))
+        return np.concatenate(parts)
 
     def _submit(self, images: np.ndarray) -> asyncio.Future:
         loop = asyncio.get_running_loop()
@@ -92,35 +118,69 @@ class Batcher:
         return [j for j in jobs if not j.future.done()]  # skip requests whose client went away
 
     def _drain(self) -> None:
-        """One ORT call. What is left queued goes in a later callback, behind the answers of this batch and the
-        I/O the loop has read meanwhile."""
+        """Start batches: on the free workers, or one on this thread. What is left queued goes in a later
+        callback, behind the answers of this batch and the I/O the loop has read meanwhile."""
         self._drain_handle = None
-        jobs = self._batch()
         try:
-            if jobs:
-                self._run_batch(jobs)
+            if self._pool is None:
+                jobs = self._batch()
+                if jobs:
+                    self._run_batch(jobs)
+            else:
+                while self._queue and self._busy < self.workers:
+                    jobs = self._batch()
+                    if jobs:
+                        self._start(jobs)
         finally:
-            if self._queue and self._drain_handle is None:
+            if self._queue and self._drain_handle is None and (self._pool is None or self._busy < self.workers):
                 self._drain_handle = asyncio.get_running_loop().call_soon(self._drain)
 
-    def _timed(self, batch: np.ndarray, queued_at: list[float]) -> np.ndarray:
+    def _timed(self, run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, queued_at: list[float]) -> np.ndarray:
         """One ORT call, observed: its images, its seconds, and how long each request in it waited."""
         start = time.perf_counter()
-        logits = self._run(batch)
+        logits = run(batch)
         self._observe(len(batch), time.perf_counter() - start, [start - t for t in queued_at])
         return logits
 
     def _run_batch(self, jobs: list[_Job]) -> None:
         try:
             batch = jobs[0].images if len(jobs) == 1 else np.concatenate([j.images for j in jobs])
-            logits = self._timed(batch, [j.queued_at for j in jobs])
+            logits = self._timed(self._run, batch, [j.queued_at for j in jobs])
         except Exception as exc:  # delivered to each waiting request, which answers 500 with the reason
-            log.exception("inference failed on a batch of %d requests", len(jobs))
-            for job in jobs:
-                job.future.set_exception(exc)
+            self._fail(jobs, exc)
             return
+        self._answer(jobs, logits)
+
+    def _start(self, jobs: list[_Job]) -> None:
+        """The batch on a worker thread; its answers come back through the loop (`_finish`)."""
+        batch = jobs[0].images if len(jobs) == 1 else np.concatenate([j.images for j in jobs])
+        queued_at = [j.queued_at for j in jobs]
+        self._busy += 1
+        loop = asyncio.get_running_loop()
+        done = loop.run_in_executor(self._pool, self._timed, self._run_single, batch, queued_at)
+        done.add_done_callback(lambda future: self._finish(jobs, future))
+
+    def _finish(self, jobs: list[_Job], done: asyncio.Future) -> None:
+        self._busy -= 1
+        if done.exception() is not None:
+            self._fail(jobs, done.exception())
+        else:
+            self._answer(jobs, done.result())
+        if self._queue and self._drain_handle is None:
+            self._drain_handle = asyncio.get_running_loop().call_soon(self._drain)
+
+    @staticmethod
+    def _fail(jobs: list[_Job], exc: BaseException) -> None:
+        log.error("inference failed on a batch of %d requests", len(jobs), exc_info=exc)
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(exc)
+
+    @staticmethod
+    def _answer(jobs: list[_Job], logits: np.ndarray) -> None:
         lo = 0
         for job in jobs:
             hi = lo + len(job.images)
-            job.future.set_result(logits[lo:hi])
+            if not job.future.done():  # a request cancelled while its batch ran
+                job.future.set_result(logits[lo:hi])
             lo = hi

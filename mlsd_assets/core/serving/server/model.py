@@ -120,14 +120,21 @@ def inference_session(
 
 
 class Predictor:
-    """One ORT session (`inference_session`), run by the batcher one call at a time on the event loop's thread."""
+    """The model in two ORT sessions (`inference_session`): `logits` on `intra_op_threads` (a request alone, or
+    every batch when the batcher has one worker), `one_thread_logits` on one thread (the batcher's workers, each
+    running a batch of its own; ORT sessions take concurrent calls)."""
 
     def __init__(self, model_path: Path, intra_op_threads: int = 0, spinning: bool = False) -> None:
         self.session = inference_session(model_path, intra_op_threads, spinning)
+        self.one_thread = inference_session(model_path, 1)
         self.contract = ModelContract.from_session(model_path, self.session)
         self._outputs = [self.contract.output_name]
         # Warm up before /v2/health/ready says ok, so the first client does not pay for lazy initialisation.
         self.logits(np.zeros((1, *self.contract.image_shape), dtype=np.uint8))
+        self.one_thread_logits(np.zeros((1, *self.contract.image_shape), dtype=np.uint8))
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         return self.session.run(self._outputs, {self.contract.input_name: images})[0]
+
+    def one_thread_logits(self, images: np.ndarray) -> np.ndarray:
+        return self.one_thread.run(self._outputs, {self.contract.input_name: images})[0]
