@@ -153,7 +153,11 @@ class Batcher:
 
     def _start(self, jobs: list[_Job]) -> None:
         """The batch on a worker thread; its answers come back through the loop (`_finish`)."""
-        batch = jobs[0].images if len(jobs) == 1 else np.concatenate([j.images for j in jobs])
+        try:
+            batch = jobs[0].images if len(jobs) == 1 else np.concatenate([j.images for j in jobs])
+        except Exception as exc:  # e.g. MemoryError: answered, never left waiting
+            self._fail(jobs, exc)
+            return
         queued_at = [j.queued_at for j in jobs]
         self._busy += 1
         loop = asyncio.get_running_loop()
