@@ -1,5 +1,5 @@
 """uvicorn's httptools protocol with what it lacks: a cap on request head bytes and a deadline for the head,
-and the count of requests in flight, for the batcher.
+and the set of requests in flight, for the batcher.
 
 llhttp (via httptools) accepts headers of any size and waits forever for the end of a head, so one client could
 hold hundreds of MB in a header or keep a connection open byte by byte. h11 has a size cap but is ~30% slower.
