@@ -26,6 +26,7 @@ log = logging.getLogger("mlsd_server")
 
 JSON_TYPE = "application/json"
 HEADER_LENGTH = "inference-header-content-length"
+HEADER_LENGTH_KEY = HEADER_LENGTH.encode()  # as ASGI scope headers spell it
 INFER_ROUTE = "/v2/models/{name}/infer"  # the metrics label of both infer paths
 OFFLOAD_BYTES = 64 * 1024  # bodies above this are parsed on a thread, not on the event loop
 PREALLOCATE_BYTES = 256 * 1024  # bodies above this are read into one buffer of the declared size
@@ -221,7 +222,7 @@ class _Endpoints:
                     415, f"Content-Encoding {encoding.decode('latin-1')!r} is not accepted: send the body uncompressed"
                 )
             body = await _read_body(headers, receive, self.limits, self.budget, held)
-            length = headers.get(HEADER_LENGTH.encode())
+            length = headers.get(HEADER_LENGTH_KEY)
             header_length = length.decode("latin-1") if length is not None else None
             if len(body) > OFFLOAD_BYTES:
                 parsed = await asyncio.to_thread(self.parse, body, header_length)

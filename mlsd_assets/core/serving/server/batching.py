@@ -142,26 +142,23 @@ class Batcher:
         self._observe(len(batch), time.perf_counter() - start, [start - t for t in queued_at])
         return logits
 
+    def _call(self, run: Callable[[np.ndarray], np.ndarray], jobs: list[_Job]) -> np.ndarray:
+        """The jobs' images as one batch through `run`, observed (on the loop's thread or on a worker)."""
+        batch = jobs[0].images if len(jobs) == 1 else np.concatenate([j.images for j in jobs])
+        return self._timed(run, batch, [j.queued_at for j in jobs])
+
     def _run_batch(self, jobs: list[_Job]) -> None:
         try:
-            batch = jobs[0].images if len(jobs) == 1 else np.concatenate([j.images for j in jobs])
-            logits = self._timed(self._run, batch, [j.queued_at for j in jobs])
+            logits = self._call(self._run, jobs)
         except Exception as exc:  # delivered to each waiting request, which answers 500 with the reason
             self._fail(jobs, exc)
             return
         self._answer(jobs, logits)
 
     def _start(self, jobs: list[_Job]) -> None:
-        """The batch on a worker thread; its answers come back through the loop (`_finish`)."""
-        try:
-            batch = jobs[0].images if len(jobs) == 1 else np.concatenate([j.images for j in jobs])
-        except Exception as exc:  # e.g. MemoryError: answered, never left waiting
-            self._fail(jobs, exc)
-            return
-        queued_at = [j.queued_at for j in jobs]
+        """The batch on a worker thread; its answers, or its error, come back through the loop (`_finish`)."""
         self._busy += 1
-        loop = asyncio.get_running_loop()
-        done = loop.run_in_executor(self._pool, self._timed, self._run_single, batch, queued_at)
+        done = asyncio.get_running_loop().run_in_executor(self._pool, self._call, self._run_single, jobs)
         done.add_done_callback(lambda future: self._finish(jobs, future))
 
     def _finish(self, jobs: list[_Job], done: asyncio.Future) -> None:
