@@ -16,6 +16,7 @@ from torch import nn
 from mlsd_assets.core.platform.env_info import cpu_info
 from mlsd_assets.core.training.recipes import TrainConfig
 from mlsd_assets.core.training.steps import (
+    conv_weight_grad,
     evaluate,
     make_optimizers,
     on_device,
@@ -41,6 +42,7 @@ class Throughput:
     seconds: float  # the probe's own wall time, part of the budget
     precision: str
     threads: int
+    conv_weight_grad: str  # "matmul" or "onednn" (steps.conv_weight_grad)
     cpu_model: str
     cpu_flags: str
 
@@ -105,12 +107,13 @@ def measure_throughput(
         seconds=time.perf_counter() - start,
         precision=precision,
         threads=torch.get_num_threads(),
+        conv_weight_grad=conv_weight_grad(config.conv_weight_grad, precision, device),
         cpu_model=cpu["cpu.model"],
         cpu_flags=cpu["cpu.flags"],
     )
     logger.info(
         f"throughput probe: {train_ips:.0f} train img/s, {eval_ips:.0f} validation img/s ({precision},"
-        f" {result.threads} threads, {result.cpu_model}; {cpu['cpu.flags']}) in {result.seconds:.1f}s"
+        f" {result.threads} threads, {result.conv_weight_grad} conv weight gradient, {result.cpu_model}; {cpu['cpu.flags']}) in {result.seconds:.1f}s"
     )
     return result
 

@@ -1,10 +1,12 @@
-"""A 3x3 convolution whose weight gradient is a few batched matmuls instead of oneDNN's kernel.
+"""A 3x3 convolution whose weight gradient can be a few batched matmuls instead of oneDNN's kernel.
 
 On small feature maps (7x7, 3x3) oneDNN's bf16 weight-gradient kernel ran at 15-70 GFLOP/s on the 2-core
 AMX CPU we measured, against ~400 for the forward pass of the same layer: the last conv layers spent more
 time on their weight gradient than the rest of the step. With the activations laid out (H, W, N, C), each
 of the nine taps' gradient is one batched matmul over rows, with the batch and width merged into the
-reduction axis, and no im2col copy. Forward and input gradient stay with oneDNN.
+reduction axis, and no im2col copy. Forward and input gradient stay with oneDNN. Without AMX it loses:
+oneDNN's own kernel trained the default net 5-11% faster on a Zen 5 (AVX-512 BF16; bf16 and fp32, also with
+oneDNN held to AVX2), so `matmul_weight_grad` is off unless training turns it on (`steps.conv_weight_grad`).
 """
 
 from __future__ import annotations
@@ -56,14 +58,15 @@ class _Conv3x3(torch.autograd.Function):
 
 
 class Conv3x3(nn.Conv2d):
-    """nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), same parameters and state dict; trains small maps
-    through `_Conv3x3` on CPU."""
+    """nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), same parameters and state dict; with
+    `matmul_weight_grad`, trains small maps through `_Conv3x3` on CPU."""
 
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__(c_in, c_out, 3, padding=1, bias=False)
+        self.matmul_weight_grad = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        small = x.shape[-2] * x.shape[-1] <= SMALL_MAP_PIXELS
+        small = self.matmul_weight_grad and x.shape[-2] * x.shape[-1] <= SMALL_MAP_PIXELS
         if not (small and x.device.type == "cpu" and torch.is_grad_enabled() and self.weight.requires_grad):
             return super().forward(x)
         weight = self.weight
@@ -72,3 +75,10 @@ class Conv3x3(nn.Conv2d):
             x, weight = x.to(dtype), weight.to(dtype)
         with torch.autocast("cpu", enabled=False):
             return _Conv3x3.apply(x, weight)
+
+
+def use_matmul_weight_grad(net: nn.Module, enabled: bool) -> None:
+    """Every Conv3x3 of `net` takes the matmul weight gradient on small maps (`enabled`) or oneDNN's."""
+    for module in net.modules():
+        if isinstance(module, Conv3x3):
+            module.matmul_weight_grad = enabled

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from mlsd_assets.core.training.models import ARCHITECTURES
 
 Precision = Literal["auto", "bf16", "fp32"]
+WeightGrad = Literal["auto", "matmul", "onednn"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ class TrainConfig:
     flip_tta: bool = True
     precision: Precision = "auto"
     channels_last: bool = True
+    # Small conv maps' weight gradient: batched matmuls or oneDNN's kernel ("auto": matmuls with bf16 on AMX,
+    # where oneDNN's was slow; oneDNN elsewhere). Speed only: both compute the same gradient.
+    conv_weight_grad: WeightGrad = "auto"
     seed: int = 0
     threads: int = 0
     eval_batch_size: int = 1000
@@ -63,6 +67,7 @@ class TrainConfig:
             "architecture": ARCHITECTURES,
             "optimizer": ("sgd", "muon", "adam", "adamw"),
             "precision": ("auto", "bf16", "fp32"),
+            "conv_weight_grad": ("auto", "matmul", "onednn"),
             "schedule": ("triangle", "linear", "constant"),
         }
         for name, allowed in choices.items():

@@ -11,10 +11,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from mlsd_assets.core.training.conv import use_matmul_weight_grad
 from mlsd_assets.core.training.loader import Augmentation, TrainBatches, eval_batches
 from mlsd_assets.core.training.models import AirbenchNet, InferenceModel, build_model
 from mlsd_assets.core.training.muon import Muon
-from mlsd_assets.core.training.recipes import Precision, TrainConfig
+from mlsd_assets.core.training.recipes import Precision, TrainConfig, WeightGrad
 
 
 def pick_device() -> torch.device:
@@ -28,6 +29,16 @@ def resolve_precision(precision: Precision, device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+def conv_weight_grad(choice: WeightGrad, precision: str, device: torch.device) -> str:
+    """ "matmul" or "onednn": `choice`, or for "auto" the matmul path with bf16 on an AMX CPU (where oneDNN's
+    small-map weight gradient was slow) and oneDNN's kernel everywhere else (faster without AMX: conv.py)."""
+    if choice != "auto":
+        return choice
+    # torch's check (private, hence getattr) also asks the kernel for AMX state, which /proc/cpuinfo does not
+    amx = device.type == "cpu" and getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return "matmul" if amx and precision == "bf16" else "onednn"
 
 
 def autocast(precision: str, device: torch.device) -> AbstractContextManager[Any]:
@@ -88,13 +99,16 @@ def prepare_model(
     std: tuple[float, float, float],
     device: torch.device,
 ) -> InferenceModel:
-    """A fresh model as training starts it: whitening fitted on the first train images, memory layout set."""
+    """A fresh model as training starts it: whitening fitted on the first train images, the conv weight-gradient
+    path chosen, memory layout set."""
     model = InferenceModel(build_model(config.architecture, config.widths), mean, std, flip_tta=config.flip_tta).to(
         device
     )
     if isinstance(model.net, AirbenchNet):
         sample = torch.from_numpy(train_images[: min(len(train_images), 5000)]).to(device)
         model.net.init_whitening(model.preprocess(sample))
+    precision = resolve_precision(config.precision, device)
+    use_matmul_weight_grad(model.net, conv_weight_grad(config.conv_weight_grad, precision, device) == "matmul")
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model

@@ -25,7 +25,7 @@ LOG = logging.getLogger("test")
 
 
 def _throughput(train_ips: float, eval_ips: float = 10_000.0, seconds: float = 5.0) -> Throughput:
-    return Throughput(train_ips, eval_ips, seconds, "fp32", 2, "test CPU", "avx2")
+    return Throughput(train_ips, eval_ips, seconds, "fp32", 2, "onednn", "test CPU", "avx2")
 
 
 def test_plan_fills_the_budget_and_no_more() -> None:

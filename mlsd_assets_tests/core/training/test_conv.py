@@ -1,4 +1,5 @@
-"""Conv3x3: the matmul weight gradient equals oneDNN's, in fp32 and under bf16 autocast, on both layouts."""
+"""Conv3x3: the matmul weight gradient equals oneDNN's, in fp32 and under bf16 autocast, on both layouts; which
+path training takes on which CPU."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import torch
 from torch import nn
 
 from mlsd_assets.core.training.conv import Conv3x3
+from mlsd_assets.core.training.recipes import recipe_config
+from mlsd_assets.core.training.steps import conv_weight_grad, prepare_model
 
 
 def _grads(conv: nn.Conv2d, x: torch.Tensor, autocast: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -25,6 +28,7 @@ def test_matches_nn_conv2d(size: int, autocast: bool, channels_last: bool) -> No
     reference = nn.Conv2d(6, 10, 3, padding=1, bias=False)
     conv = Conv3x3(6, 10)
     conv.load_state_dict(reference.state_dict())
+    conv.matmul_weight_grad = True
     x = torch.randn(5, 6, size, size)
     if channels_last:
         reference, conv = reference.to(memory_format=torch.channels_last), conv.to(memory_format=torch.channels_last)
@@ -37,6 +41,7 @@ def test_matches_nn_conv2d(size: int, autocast: bool, channels_last: bool) -> No
 
 def test_large_maps_and_inference_take_the_plain_path() -> None:
     conv = Conv3x3(2, 2)
+    conv.matmul_weight_grad = True
     with torch.no_grad():
         y = conv(torch.randn(1, 2, 16, 16))
     assert y.grad_fn is None
@@ -44,3 +49,24 @@ def test_large_maps_and_inference_take_the_plain_path() -> None:
     assert "Convolution" in type(y.grad_fn).__name__
     y = conv(torch.randn(1, 2, 7, 7))
     assert type(y.grad_fn).__name__ == "_Conv3x3Backward"  # the custom autograd function
+
+    conv.matmul_weight_grad = False
+    y = conv(torch.randn(1, 2, 7, 7))
+    assert "Convolution" in type(y.grad_fn).__name__  # off: oneDNN's weight gradient on small maps too
+
+
+@pytest.mark.parametrize(
+    ("amx", "precision", "expected"),
+    [(True, "bf16", "matmul"), (True, "fp32", "onednn"), (False, "bf16", "onednn"), (False, "fp32", "onednn")],
+)
+def test_auto_takes_the_matmul_path_only_with_bf16_on_amx(
+    monkeypatch: pytest.MonkeyPatch, amx: bool, precision: str, expected: str
+) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert conv_weight_grad("auto", precision, torch.device("cpu")) == expected
+    assert conv_weight_grad("matmul", precision, torch.device("cpu")) == "matmul"  # an explicit choice stands
+    images = torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8).numpy()
+    config = recipe_config(widths=(4, 8, 8), precision=precision)
+    model = prepare_model(config, images, (0.5,) * 3, (0.25,) * 3, torch.device("cpu"))
+    convs = [m for m in model.net.modules() if isinstance(m, Conv3x3)]
+    assert len(convs) == 6 and {c.matmul_weight_grad for c in convs} == {expected == "matmul"}
