@@ -113,7 +113,8 @@ def measure_throughput(
     )
     logger.info(
         f"throughput probe: {train_ips:.0f} train img/s, {eval_ips:.0f} validation img/s ({precision},"
-        f" {result.threads} threads, {result.conv_weight_grad} conv weight gradient, {result.cpu_model}; {cpu['cpu.flags']}) in {result.seconds:.1f}s"
+        f" {result.threads} threads, {result.conv_weight_grad} conv weight gradient, {result.cpu_model};"
+        f" {cpu['cpu.flags']}) in {result.seconds:.1f}s"
     )
     return result
 
