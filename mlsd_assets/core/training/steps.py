@@ -32,8 +32,8 @@ def resolve_precision(precision: Precision, device: torch.device) -> str:
 
 
 def conv_weight_grad(choice: WeightGrad, precision: str, device: torch.device) -> str:
-    """ "matmul" or "onednn": `choice`, or for "auto" the matmul path with bf16 on an AMX CPU (where oneDNN's
-    small-map weight gradient was slow) and oneDNN's kernel everywhere else (faster without AMX: conv.py)."""
+    """The small maps' weight-gradient path, "matmul" or "onednn": `choice`, or for "auto" the matmuls with bf16
+    on an AMX CPU (where oneDNN's kernel was slow) and oneDNN's kernel everywhere else (faster without AMX)."""
     if choice != "auto":
         return choice
     # torch's check (private, hence getattr) also asks the kernel for AMX state, which /proc/cpuinfo does not
