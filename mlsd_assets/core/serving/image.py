@@ -164,17 +164,22 @@ def build_image(
     start = time.perf_counter()
     tail: list[str] = []
     image_id = ""
-    stream = client.api.build(
-        path=str(context_dir),
-        tag=tag,
-        rm=True,
-        forcerm=True,
-        pull=False,
-        decode=True,
-        network_mode="none",
-        buildargs={"BASE_IMAGE": base_image},
-        labels=labels,
-    )
+    try:
+        stream = client.api.build(
+            path=str(context_dir),
+            tag=tag,
+            rm=True,
+            forcerm=True,
+            pull=False,
+            decode=True,
+            network_mode="none",
+            buildargs={"BASE_IMAGE": base_image},
+            labels=labels,
+        )
+    except docker.errors.APIError as exc:  # refused before the build log starts: the engine's reason, not its URL
+        raise ImageBuildError(
+            f"building {tag} failed: the engine refused it ({exc.status_code}): {exc.explanation}"
+        ) from None
     for chunk in stream:
         if "error" in chunk:
             raise ImageBuildError(f"building {tag} failed: {chunk['error'].strip()}\n" + "".join(tail[-30:]))

@@ -241,3 +241,31 @@ def test_no_engine_is_a_clear_failure(tmp_path: Path):
 
     with pytest.raises(EngineUnavailableError, match=r"unix:///nonexistent\.sock.*docker/engine/prepare\.sh"):
         DockerEngine(base_url="unix:///nonexistent.sock").client()
+
+
+def test_a_build_the_engine_refuses_says_why(tmp_path: Path):
+    """A build the engine refuses over HTTP, before any build log (a full disk did this to command 1: the step
+    failed with a 500 and a 700-character URL); a real engine cannot be made to do it on demand, so the client
+    raises what docker-py raised then."""
+    import docker.errors
+    import requests
+
+    from mlsd_assets.core.serving.image import ImageBuildError, build_image
+
+    refused = requests.Response()
+    refused.status_code = 500
+    reason = "Error processing tar file(exit status 1): write /app/mlsd_server/batching.py: no space left on device"
+
+    class RefusingEngine:
+        class images:  # noqa: N801 (docker-py's attribute names)
+            get = staticmethod(lambda name: object())
+
+        class api:  # noqa: N801
+            @staticmethod
+            def build(**kwargs: object) -> None:
+                url = "http+docker://localhost/v1.41/build?t=" + "x" * 700
+                raise docker.errors.APIError(f"500 Server Error for {url}", refused, explanation=reason)
+
+    with pytest.raises(ImageBuildError) as e:
+        build_image(RefusingEngine(), tmp_path, "mlsd/cifar10-server:v1", "base", {}, logging.getLogger("t"))
+    assert str(e.value) == f"building mlsd/cifar10-server:v1 failed: the engine refused it (500): {reason}"
