@@ -81,7 +81,7 @@ def measure_throughput(
         torch.set_num_threads(config.threads)
     precision = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)
-    model = prepare_model(config, data.train_images, data.mean, data.std, device)
+    model = prepare_model(config, data.train_images, data.mean, data.std, device, precision)
     optimizers = make_optimizers(model.net, config)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     batches = train_batches(config, data.train_images, data.train_labels)

@@ -98,16 +98,16 @@ def prepare_model(
     mean: tuple[float, float, float],
     std: tuple[float, float, float],
     device: torch.device,
+    precision: str,
 ) -> InferenceModel:
     """A fresh model as training starts it: whitening fitted on the first train images, the conv weight-gradient
-    path chosen, memory layout set."""
+    path chosen for `precision` (the resolved one training runs in), memory layout set."""
     model = InferenceModel(build_model(config.architecture, config.widths), mean, std, flip_tta=config.flip_tta).to(
         device
     )
     if isinstance(model.net, AirbenchNet):
         sample = torch.from_numpy(train_images[: min(len(train_images), 5000)]).to(device)
         model.net.init_whitening(model.preprocess(sample))
-    precision = resolve_precision(config.precision, device)
     use_matmul_weight_grad(model.net, conv_weight_grad(config.conv_weight_grad, precision, device) == "matmul")
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -126,7 +126,7 @@ def train(
     precision = _setup(config, device, logger)
     if len(data.val_labels) == 0:
         raise ValueError("validation split is empty: model selection needs validation images")
-    model = prepare_model(config, data.train_images, data.mean, data.std, device)
+    model = prepare_model(config, data.train_images, data.mean, data.std, device, precision)
     batches = train_batches(config, data.train_images, data.train_labels)
     optimizers = make_optimizers(model.net, config)
     lookahead = Lookahead(model.net) if config.lookahead else None

@@ -67,6 +67,6 @@ def test_auto_takes_the_matmul_path_only_with_bf16_on_amx(
     assert conv_weight_grad("matmul", precision, torch.device("cpu")) == "matmul"  # an explicit choice stands
     images = torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8).numpy()
     config = recipe_config(widths=(4, 8, 8), precision=precision)
-    model = prepare_model(config, images, (0.5,) * 3, (0.25,) * 3, torch.device("cpu"))
+    model = prepare_model(config, images, (0.5,) * 3, (0.25,) * 3, torch.device("cpu"), precision)
     convs = [m for m in model.net.modules() if isinstance(m, Conv3x3)]
     assert len(convs) == 6 and {c.matmul_weight_grad for c in convs} == {expected == "matmul"}
