@@ -465,3 +465,23 @@ def test_workers_run_batches_side_by_side_and_each_request_gets_its_own_rows():
     assert big[:, 0].tolist() == list(range(64))
     assert [s[:, 0].tolist() for s in smalls] == [[100.0 + i] for i in range(6)]
     assert peak[0] == 2 and all(name.startswith("mlsd-ort") for name in threads), (peak, threads)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_command_line_opens_the_one_thread_session_only_for_workers(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """`--workers 1` runs every batch on the loop's thread: the server does not open (and warm) a second ORT
+    session it would never call; with two workers it does, and the workers run batches on it."""
+    import uvicorn
+
+    from mlsd_assets.core.serving.server import __main__ as cli
+
+    made: list = []
+    monkeypatch.setattr(cli, "create_app", lambda predictor, *a: made.append(predictor) or create_app(predictor, *a))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: made.append(app))
+    cli.main(["--model", str(tiny_model), "--workers", str(workers), "--log-level", "warning"])
+    predictor, app = made
+    assert app.batcher.workers == workers
+    assert (predictor.one_thread is not None) == (workers > 1)
+    assert (app.batcher._run_single is not None) == (workers > 1)

@@ -9,7 +9,7 @@ from pathlib import Path
 import uvicorn
 
 from .app import create_app
-from .batching import BatchingConfig
+from .batching import BatchingConfig, batch_workers
 from .inputs import Limits
 from .model import Predictor
 from .protocol import HEAD_TIMEOUT_S, MAX_HEAD_BYTES, BoundedHttpToolsProtocol
@@ -47,7 +47,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    predictor = Predictor(args.model, intra_op_threads=args.intra_op_threads, spinning=args.spinning)
     limits = Limits(
         max_batch=args.max_request_images,
         max_body_bytes=args.max_body_bytes,
@@ -55,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         body_timeout_s=args.body_timeout_s,
     )
     batching = BatchingConfig(args.batching, args.max_batch_size, args.max_queue_delay_us, args.workers)
+    predictor = Predictor(args.model, args.intra_op_threads, args.spinning, one_thread=batch_workers(batching) > 1)
     app = create_app(predictor, limits, batching)
     protocol = type(
         "Protocol",

@@ -145,8 +145,8 @@ class _Endpoints:
         run_id = contract.metadata.get("mlsd.mlflow_run_id", "")
         labels = {"model_name": contract.name, "model_version": contract.version, "mlflow_run_id": run_id}
         self.metrics = Metrics(labels)
-        # Test doubles without a one-thread entry point run every batch on the loop's thread.
-        one_thread = getattr(predictor, "one_thread_logits", None)
+        # Predictors without a one-thread session (one worker; test doubles) run every batch on the loop's thread.
+        one_thread = predictor.one_thread_logits if getattr(predictor, "one_thread", None) is not None else None
         self.batcher = Batcher(predictor.logits, batching, self.metrics.observe_batch, one_thread)
         self.budget = ByteBudget(limits.max_inflight_bytes)
         self.model_json = _model_metadata(predictor, limits, batching, self.batcher.workers)

@@ -47,6 +47,11 @@ class _Job:
     queued_at: float = field(default_factory=time.perf_counter)
 
 
+def batch_workers(config: BatchingConfig) -> int:
+    """How many batches run at once: `config.workers`, or one per core this process may use."""
+    return config.workers or len(os.sched_getaffinity(0))
+
+
 Observer = Callable[[int, float, list[float]], None]  # (batch images, ORT seconds, queue seconds per job)
 
 
@@ -67,7 +72,7 @@ class Batcher:
         self._queue: deque[_Job] = deque()
         self._queued_images = 0
         self._drain_handle: asyncio.Handle | asyncio.TimerHandle | None = None
-        workers = config.workers or len(os.sched_getaffinity(0))
+        workers = batch_workers(config)
         self._run_single = run_single if workers > 1 else None
         self.workers = workers if self._run_single else 1  # batches at once
         self._pool = ThreadPoolExecutor(self.workers, "mlsd-ort") if self._run_single else None

@@ -120,21 +120,27 @@ def inference_session(
 
 
 class Predictor:
-    """The model in two ORT sessions (`inference_session`): `logits` on `intra_op_threads` (a request alone, or
-    every batch when the batcher has one worker), `one_thread_logits` on one thread (the batcher's workers, each
-    running a batch of its own; ORT sessions take concurrent calls)."""
+    """The model in ORT sessions (`inference_session`): `logits` on `intra_op_threads` (a request alone, or
+    every batch when the batcher has one worker), and with `one_thread` a second session for
+    `one_thread_logits` (the batcher's workers, each running a batch of its own; ORT sessions take concurrent
+    calls). A server with one worker never calls the latter, so it does not open that session."""
 
-    def __init__(self, model_path: Path, intra_op_threads: int = 0, spinning: bool = False) -> None:
+    def __init__(
+        self, model_path: Path, intra_op_threads: int = 0, spinning: bool = False, one_thread: bool = True
+    ) -> None:
         self.session = inference_session(model_path, intra_op_threads, spinning)
-        self.one_thread = inference_session(model_path, 1)
+        self.one_thread = inference_session(model_path, 1) if one_thread else None
         self.contract = ModelContract.from_session(model_path, self.session)
         self._outputs = [self.contract.output_name]
         # Warm up before /v2/health/ready says ok, so the first client does not pay for lazy initialisation.
         self.logits(np.zeros((1, *self.contract.image_shape), dtype=np.uint8))
-        self.one_thread_logits(np.zeros((1, *self.contract.image_shape), dtype=np.uint8))
+        if self.one_thread is not None:
+            self.one_thread_logits(np.zeros((1, *self.contract.image_shape), dtype=np.uint8))
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         return self.session.run(self._outputs, {self.contract.input_name: images})[0]
 
     def one_thread_logits(self, images: np.ndarray) -> np.ndarray:
+        if self.one_thread is None:
+            raise RuntimeError("this Predictor was opened without its one-thread session (one_thread=False)")
         return self.one_thread.run(self._outputs, {self.contract.input_name: images})[0]
