@@ -34,7 +34,7 @@ def test_images(tiny_split) -> tuple[np.ndarray, np.ndarray]:
     return tiny_split.arrays("test")
 
 
-PREPARE = Path(__file__).resolve().parents[2] / "docker" / "engine" / "prepare.sh"
+PREPARE = Path(__file__).resolve().parents[3] / "docker" / "engine" / "prepare.sh"
 
 
 @pytest.fixture(scope="session")

@@ -485,3 +485,40 @@ def test_the_command_line_opens_the_one_thread_session_only_for_workers(
     assert app.batcher.workers == workers
     assert (predictor.one_thread is not None) == (workers > 1)
     assert (app.batcher._run_single is not None) == (workers > 1)
+
+
+def test_the_answer_is_sent_before_the_request_is_measured(tiny_model: Path, monkeypatch: pytest.MonkeyPatch):
+    """uvloop writes a response at the end of the loop iteration that sent it: the metrics of an infer request
+    are recorded in a later iteration, so the client's bytes never wait for them."""
+    from mlsd_assets.core.serving.server.metrics import Metrics
+    from mlsd_assets.core.serving.server.protocol import REQUEST_TASKS
+
+    events: list[str] = []
+    monkeypatch.setattr(Metrics, "observe_batch", lambda self, *a: events.append("observe_batch"))
+    monkeypatch.setattr(Metrics, "count_request", lambda self, route, method, status, s: events.append(str(status)))
+    app = create_app(Predictor(tiny_model), LIMITS)
+    body, headers = infer_body("images", "logits", np.zeros((1, 32, 32, 3), np.uint8))
+
+    async def scenario() -> list[str]:
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": INFER,
+            "headers": [
+                (k.lower().encode(), v.encode()) for k, v in {**headers, "content-length": str(len(body))}.items()
+            ],
+            "extensions": {REQUEST_TASKS: {"this request"}},  # alone: the model runs on the loop's thread
+        }
+
+        async def send(message: dict) -> None:
+            events.append(message["type"])
+
+        await app(scope, lambda: asyncio.sleep(0, messages.pop()), send)
+        answered = list(events)
+        await asyncio.sleep(0)
+        return answered
+
+    answered = asyncio.run(scenario())
+    assert answered == ["http.response.start", "http.response.body"]
+    assert events == [*answered, "observe_batch", "200"]

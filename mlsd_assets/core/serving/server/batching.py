@@ -86,7 +86,7 @@ class Batcher:
         idle = not self._queue and not self._busy
         if alone and idle and len(images) <= size and not self.config.max_queue_delay_us:
             try:
-                return self._timed(self._run, images, [time.perf_counter()])
+                return self._timed(self._run, images, [time.perf_counter()], on_loop=True)
             except Exception:
                 log.exception("inference failed on a request of %d images", len(images))
                 raise
@@ -140,21 +140,29 @@ class Batcher:
             if self._queue and self._drain_handle is None and (self._pool is None or self._busy < self.workers):
                 self._drain_handle = asyncio.get_running_loop().call_soon(self._drain)
 
-    def _timed(self, run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, queued_at: list[float]) -> np.ndarray:
-        """One ORT call, observed: its images, its seconds, and how long each request in it waited."""
+    def _timed(
+        self, run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, queued_at: list[float], on_loop: bool
+    ) -> np.ndarray:
+        """One ORT call, observed: its images, its seconds, and how long each request in it waited. On the loop's
+        thread the observation waits for the next loop iteration, after the answers' bytes have been written
+        (uvloop sends what was written at the end of an iteration): no client waits for the metrics."""
         start = time.perf_counter()
         logits = run(batch)
-        self._observe(len(batch), time.perf_counter() - start, [start - t for t in queued_at])
+        figures = (len(batch), time.perf_counter() - start, [start - t for t in queued_at])
+        if on_loop:
+            asyncio.get_running_loop().call_soon(self._observe, *figures)
+        else:
+            self._observe(*figures)
         return logits
 
-    def _call(self, run: Callable[[np.ndarray], np.ndarray], jobs: list[_Job]) -> np.ndarray:
+    def _call(self, run: Callable[[np.ndarray], np.ndarray], jobs: list[_Job], on_loop: bool) -> np.ndarray:
         """The jobs' images as one batch through `run`, observed (on the loop's thread or on a worker)."""
         batch = jobs[0].images if len(jobs) == 1 else np.concatenate([j.images for j in jobs])
-        return self._timed(run, batch, [j.queued_at for j in jobs])
+        return self._timed(run, batch, [j.queued_at for j in jobs], on_loop)
 
     def _run_batch(self, jobs: list[_Job]) -> None:
         try:
-            logits = self._call(self._run, jobs)
+            logits = self._call(self._run, jobs, on_loop=True)
         except Exception as exc:  # delivered to each waiting request, which answers 500 with the reason
             self._fail(jobs, exc)
             return
@@ -163,7 +171,7 @@ class Batcher:
     def _start(self, jobs: list[_Job]) -> None:
         """The batch on a worker thread; its answers, or its error, come back through the loop (`_finish`)."""
         self._busy += 1
-        done = asyncio.get_running_loop().run_in_executor(self._pool, self._call, self._run_single, jobs)
+        done = asyncio.get_running_loop().run_in_executor(self._pool, self._call, self._run_single, jobs, False)
         done.add_done_callback(lambda future: self._finish(jobs, future))
 
     def _finish(self, jobs: list[_Job], done: asyncio.Future) -> None:
