@@ -26,9 +26,14 @@ def resolve_precision(precision: Precision, device: torch.device) -> str:
     """bf16 autocast only where it is fast: CUDA with bf16, or CPUs with AMX/AVX512-BF16; fp32 else."""
     if precision != "auto":
         return precision
+    return "bf16" if bf16_is_fast(device) else "fp32"
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """The device multiplies bf16 natively: CUDA with bf16, or a CPU with AMX/AVX512-BF16 (oneDNN's check)."""
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def conv_weight_grad(choice: WeightGrad, precision: str, device: torch.device) -> str:
@@ -69,7 +74,9 @@ def make_optimizers(net: nn.Module, config: TrainConfig) -> list[torch.optim.Opt
     else:
         raise ValueError(f"optimizer: unknown {config.optimizer!r}; choose sgd, muon, adam or adamw")
     if filters:
-        optimizers.append(Muon(filters, lr=config.muon_lr, momentum=config.muon_momentum, nesterov=config.nesterov))
+        # Muon's Newton-Schulz in bf16 only where bf16 matmuls are native (muon.py: 13x slower elsewhere)
+        ns_dtype = torch.bfloat16 if bf16_is_fast(filters[0].device) else torch.float32
+        optimizers.append(Muon(filters, config.muon_lr, config.muon_momentum, config.nesterov, ns_dtype=ns_dtype))
     for opt in optimizers:
         for g in opt.param_groups:
             g["base_lr"] = g["lr"]

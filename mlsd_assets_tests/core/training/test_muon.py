@@ -8,8 +8,9 @@ import torch
 from mlsd_assets.core.training.muon import Muon, orthogonalize
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape", [(16, 144), (144, 16), (32, 32)])
-def test_orthogonalize_flattens_the_spectrum(shape: tuple[int, int]) -> None:
+def test_orthogonalize_flattens_the_spectrum(shape: tuple[int, int], dtype: torch.dtype) -> None:
     g = torch.Generator().manual_seed(0)
     # a badly conditioned matrix: singular values spread over three orders of magnitude
     u, _ = torch.linalg.qr(torch.randn(shape[0], shape[0], generator=g))
@@ -17,8 +18,9 @@ def test_orthogonalize_flattens_the_spectrum(shape: tuple[int, int]) -> None:
     k = min(shape)
     s = torch.logspace(0, -3, k)
     m = u[:, :k] @ torch.diag(s) @ v[:, :k].T
-    out = orthogonalize(m, steps=5).float()
-    assert out.shape == m.shape
+    out = orthogonalize(m, steps=5, dtype=dtype)
+    assert out.shape == m.shape and out.dtype == dtype
+    out = out.float()
     sv = torch.linalg.svdvals(out)
     assert sv.max() < 1.6 and sv[: k // 2].min() > 0.5  # the large half lands near 1, none blows up
     assert torch.linalg.svdvals(m)[0] / torch.linalg.svdvals(m)[k // 2] > 10  # ... which the input was far from
@@ -51,3 +53,30 @@ def test_muon_rejects_vectors() -> None:
     b.grad = torch.ones(4)
     with pytest.raises(ValueError, match="not a matrix"):
         Muon([b]).step()
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_the_newton_schulz_runs_in_bf16_only_where_bf16_is_native(
+    monkeypatch: pytest.MonkeyPatch, native_bf16: bool
+) -> None:
+    """Without native bf16 (an AVX2 CPU) a bf16 matmul is a scalar fallback, 13x slower than fp32: Muon is made
+    with fp32 there; and its step really computes in the dtype it was given."""
+    from mlsd_assets.core.training import muon, steps
+    from mlsd_assets.core.training.models import build_model
+    from mlsd_assets.core.training.recipes import TrainConfig
+
+    monkeypatch.setattr(steps, "bf16_is_fast", lambda device: native_bf16)
+    optimizers = steps.make_optimizers(build_model("airbench", (8, 16, 16)), TrainConfig())
+    (optimizer,) = [o for o in optimizers if isinstance(o, Muon)]
+    expected = torch.bfloat16 if native_bf16 else torch.float32
+    assert optimizer.ns_dtype == expected
+
+    seen: list[torch.dtype] = []
+    real = muon.orthogonalize
+    monkeypatch.setattr(
+        muon, "orthogonalize", lambda m, steps, dtype: seen.append(dtype) or real(m, steps, dtype=dtype)
+    )
+    for p in (p for g in optimizer.param_groups for p in g["params"]):
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    assert seen and set(seen) == {expected}
