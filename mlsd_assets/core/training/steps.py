@@ -30,7 +30,8 @@ def resolve_precision(precision: Precision, device: torch.device) -> str:
 
 
 def bf16_is_fast(device: torch.device) -> bool:
-    """The device multiplies bf16 natively: CUDA with bf16, or a CPU with AMX/AVX512-BF16 (oneDNN's check)."""
+    """CUDA with bf16, or a CPU where oneDNN has bf16 kernels: the check PyTorch itself makes before sending a
+    bf16 matmul to oneDNN instead of its scalar fallback (False on AVX2-only CPUs)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
