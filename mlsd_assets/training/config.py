@@ -42,6 +42,10 @@ class ModelConfig(dg.Config):
     weight_decay: float | None = None
     label_smoothing: float | None = None
     lookahead: bool | None = None
+    low_res_fraction: float | None = Field(
+        default=None, description="progressive resizing: this fraction of the steps first, at low_res_size px; 0 = off"
+    )
+    low_res_size: int | None = Field(default=None, description="side of the low-resolution steps, 26-32 px (airbench)")
     flip_tta: bool | None = Field(default=None, description="average logits with the mirrored image (in the ONNX too)")
     precision: str = Field(default="auto", description="auto | bf16 | fp32; auto = bf16 where the hardware has it")
     seed: int = 0

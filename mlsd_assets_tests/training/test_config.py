@@ -29,3 +29,12 @@ def test_explicit_architecture_overrides_the_recipe() -> None:
 def test_unknown_recipe_is_named() -> None:
     with pytest.raises(ValueError, match="recipe: unknown 'huge'"):
         ModelConfig(recipe="huge").train_config()
+
+
+def test_progressive_resizing_is_on_by_default_and_can_be_set_or_turned_off() -> None:
+    assert ModelConfig().train_config().low_res_fraction == 0.7
+    config = ModelConfig(low_res_fraction=0.5, low_res_size=28).train_config()
+    assert (config.low_res_fraction, config.low_res_size) == (0.5, 28)
+    assert ModelConfig(low_res_fraction=0).train_config().low_res_fraction == 0
+    with pytest.raises(ValueError, match="low_res_size: 20 px"):
+        ModelConfig(low_res_size=20).train_config()

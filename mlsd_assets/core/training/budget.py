@@ -18,6 +18,7 @@ from mlsd_assets.core.training.recipes import TrainConfig
 from mlsd_assets.core.training.steps import (
     conv_weight_grad,
     evaluate,
+    low_res_steps,
     make_optimizers,
     on_device,
     pick_device,
@@ -45,9 +46,24 @@ class Throughput:
     conv_weight_grad: str  # "matmul" or "onednn" (steps.conv_weight_grad)
     cpu_model: str
     cpu_flags: str
+    low_res_cost: float = 1.0  # a progressive-resizing step's time / a full-size one's (1.0: no such phase)
 
     def record(self) -> dict[str, Any]:
         return {f"probe.{k}": v for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class StepCosts:
+    """What steps cost in full-size steps: with progressive resizing the first `low_res_fraction` of a run's
+    steps are cheaper (`low_res_cost` each), so the steps that fit a budget depend on the run's length."""
+
+    low_res_fraction: float = 0.0
+    low_res_cost: float = 1.0
+
+    def span(self, start: int, stop: int, total: int) -> float:
+        """Steps `start`..`stop - 1` of a run `total` steps long, in full-size step equivalents."""
+        low = max(0, min(stop, low_res_steps(self.low_res_fraction, total)) - start)
+        return low * self.low_res_cost + max(0, stop - start - low)
 
 
 @dataclass(frozen=True)
@@ -73,8 +89,8 @@ def measure_throughput(
     max_seconds: float = 15.0,
 ) -> Throughput:
     """Time `steps` real training steps (fewer once `max_seconds` have passed; after one warm-up step) on a
-    throwaway copy of the model, and one validation batch; the loader, precision, threads and memory layout
-    are the ones training will use."""
+    throwaway copy of the model, with progressive resizing one fewer at its low resolution too, and one
+    validation batch; the loader, precision, threads and memory layout are the ones training will use."""
     start = time.perf_counter()
     device = device or pick_device()
     if config.threads > 0:
@@ -86,16 +102,22 @@ def measure_throughput(
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     batches = train_batches(config, data.train_images, data.train_labels)
     model.train()
-    images, timed_from = 0, 0.0
-    for n in range(steps + 1):
-        x, y = next(iter(on_device(batches.epoch(n), device)))
-        if n == 1:  # the first step warms caches and oneDNN primitives: not timed
-            timed_from = time.perf_counter()
-        train_step(model, optimizers, loss_fn, x, y, precision)
-        images += len(y) if n else 0
-        if n and time.perf_counter() - timed_from >= max_seconds:
-            break  # a slow machine: one timed step is enough, the budget is better spent training
-    train_ips = images / (time.perf_counter() - timed_from)
+
+    def images_per_second(size: int, steps: int) -> float:
+        images, timed_from = 0, 0.0
+        for n in range(steps + 1):
+            x, y = next(iter(on_device(batches.epoch(n), device)))
+            if n == 1:  # the first step warms caches and oneDNN primitives (per size): not timed
+                timed_from = time.perf_counter()
+            train_step(model, optimizers, loss_fn, x, y, precision, size)
+            images += len(y) if n else 0
+            if n and time.perf_counter() - timed_from >= max_seconds:
+                break  # a slow machine: one timed step is enough, the budget is better spent training
+        return images / (time.perf_counter() - timed_from)
+
+    train_ips = images_per_second(32, steps)
+    low_res = config.low_res_fraction > 0  # the cheaper steps' price, timed the same way (one fewer)
+    low_res_cost = train_ips / images_per_second(config.low_res_size, max(1, steps - 1)) if low_res else 1.0
     sample = data.val_images[: min(len(data.val_images), max(config.eval_batch_size, 1))]
     t_eval = time.perf_counter()
     evaluate(model, sample, np.zeros(len(sample), dtype=np.int64), config.eval_batch_size, precision)
@@ -110,9 +132,11 @@ def measure_throughput(
         conv_weight_grad=conv_weight_grad(config.conv_weight_grad, precision, device),
         cpu_model=cpu["cpu.model"],
         cpu_flags=cpu["cpu.flags"],
+        low_res_cost=low_res_cost,
     )
+    at_low_res = f" ({low_res_cost:.2f}x the time at {config.low_res_size} px)" if low_res else ""
     logger.info(
-        f"throughput probe: {train_ips:.0f} train img/s, {eval_ips:.0f} validation img/s ({precision},"
+        f"throughput probe: {train_ips:.0f} train img/s{at_low_res}, {eval_ips:.0f} validation img/s ({precision},"
         f" {result.threads} threads, {result.conv_weight_grad} conv weight gradient, {result.cpu_model};"
         f" {cpu['cpu.flags']}) in {result.seconds:.1f}s"
     )
@@ -125,6 +149,7 @@ def plan_budget(
     train_count: int,
     val_count: int,
     batch_size: int,
+    low_res_fraction: float = 0.0,
 ) -> BudgetPlan:
     """The most steps whose estimated time (probe already spent + steps + one validation pass per epoch +
     the final one) fits the budget, less a small reserve. At least one step. Training re-sizes this after
@@ -135,14 +160,15 @@ def plan_budget(
     step_s = batch_size / throughput.train_images_per_second
     eval_s = val_count / throughput.eval_images_per_second
     available = budget_seconds * (1 - BUDGET_RESERVE) - throughput.seconds
-    steps = steps_that_fit(available, step_s, eval_s, steps_per_epoch)
+    costs = StepCosts(low_res_fraction, throughput.low_res_cost)
+    steps = steps_that_fit(available, step_s, eval_s, steps_per_epoch, costs=costs)
     epochs = math.ceil(steps / steps_per_epoch)
     return BudgetPlan(
         budget_seconds=budget_seconds,
         steps=steps,
         steps_per_epoch=steps_per_epoch,
         epochs=epochs,
-        expected_seconds=throughput.seconds + steps * step_s + (epochs + 1) * eval_s,
+        expected_seconds=throughput.seconds + costs.span(0, steps, steps) * step_s + (epochs + 1) * eval_s,
     )
 
 
@@ -158,8 +184,10 @@ def size_to_budget(
     (counting from this call, so the probe is part of it) for `train(budget=...)` to keep re-sizing to."""
     budget = TimeBudget(seconds)
     probe = measure_throughput(config, data, logger)
-    plan = plan_budget(seconds, probe, len(data.train_labels), len(data.val_labels), config.batch_size)
+    train_count, val_count = len(data.train_labels), len(data.val_labels)
+    plan = plan_budget(seconds, probe, train_count, val_count, config.batch_size, config.low_res_fraction)
     budget.eval_seconds_hint = len(data.val_labels) / probe.eval_images_per_second
+    budget.costs = StepCosts(config.low_res_fraction, probe.low_res_cost)
     logger.info(
         f"time budget {seconds / 60:.1f} min: {plan.steps} steps ({plan.steps / plan.steps_per_epoch:.2f}"
         f" epochs), estimated {plan.expected_seconds:.0f}s"
@@ -168,13 +196,21 @@ def size_to_budget(
 
 
 def steps_that_fit(
-    seconds: float, step_seconds: float, eval_seconds: float, steps_per_epoch: int, minimum: int = 1
+    seconds: float,
+    step_seconds: float,
+    eval_seconds: float,
+    steps_per_epoch: int,
+    minimum: int = 1,
+    *,
+    done: int = 0,
+    costs: StepCosts = StepCosts(),
 ) -> int:
-    """The most steps (at least `minimum`) whose training, one validation pass per started epoch and the final
-    evaluation take at most `seconds`."""
+    """The most steps (at least `minimum`) after the `done` ones whose training (`step_seconds` per full-size
+    step), one validation pass per started epoch and the final evaluation take at most `seconds`."""
 
     def cost(steps: int) -> float:
-        return steps * step_seconds + (math.ceil(steps / steps_per_epoch) + 1) * eval_seconds
+        train_s = costs.span(done, done + steps, done + steps) * step_seconds
+        return train_s + (math.ceil(steps / steps_per_epoch) + 1) * eval_seconds
 
     steps = max(minimum, int((seconds - eval_seconds) / (step_seconds + eval_seconds / steps_per_epoch)))
     while steps > minimum and cost(steps) > seconds:
@@ -191,13 +227,16 @@ class TimeBudget:
 
     seconds: float
     eval_seconds_hint: float = 0.0
+    costs: StepCosts = StepCosts()
     started: float = field(default_factory=time.perf_counter)
 
     def left(self) -> float:
         return self.seconds * (1 - BUDGET_RESERVE) - (time.perf_counter() - self.started)
 
     def total_steps(self, done: int, step_seconds: float, eval_seconds: float, steps_per_epoch: int) -> int:
-        """`done` steps plus as many as still fit, at the speeds just measured: none once the budget is spent
-        (a floor of one more step would extend a run forever when every step outlasts a progress window)."""
+        """`done` steps plus as many as still fit, at the speeds just measured (`step_seconds` per full-size
+        step): none once the budget is spent (a floor of one more step would extend a run forever when every
+        step outlasts a progress window)."""
         eval_s = eval_seconds or self.eval_seconds_hint
-        return done + steps_that_fit(self.left(), step_seconds, eval_s, steps_per_epoch, minimum=0)
+        left = self.left()
+        return done + steps_that_fit(left, step_seconds, eval_s, steps_per_epoch, 0, done=done, costs=self.costs)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -100,6 +101,16 @@ def lr_factor(config: TrainConfig, step: int, total: int) -> float:
     return float(np.interp(step, [0, peak, total], [config.lr_start, 1.0, config.lr_end]))
 
 
+def low_res_steps(fraction: float, total: int) -> int:
+    """Progressive resizing: how many of a run's first `total` steps train at low resolution."""
+    return math.ceil(fraction * total)
+
+
+def input_size(config: TrainConfig, step: int, total: int) -> int:
+    """The side in px that `step` of `total` trains at (32: the images as they are)."""
+    return config.low_res_size if step < low_res_steps(config.low_res_fraction, total) else 32
+
+
 def prepare_model(
     config: TrainConfig,
     train_images: np.ndarray,
@@ -134,10 +145,14 @@ def train_step(
     x: torch.Tensor,
     y: torch.Tensor,
     precision: str,
+    size: int = 32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step; returns the (detached) loss and logits."""
+    """One optimizer step on the batch scaled to `size` px; returns the (detached) loss and logits."""
     with autocast(precision, x.device):
-        logits = model.net(model.preprocess(x))
+        inputs = model.preprocess(x)
+        if size != inputs.shape[-1]:  # the whole image smaller (antialiased), in the same memory layout
+            inputs = nn.functional.interpolate(inputs, size=(size, size), mode="bilinear", antialias=True)
+        logits = model.net(inputs)
         loss = loss_fn(logits.float(), y)
     model.net.zero_grad(set_to_none=True)
     loss.backward()

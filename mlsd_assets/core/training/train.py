@@ -18,11 +18,12 @@ from torch import nn
 
 from mlsd_assets.core.platform.allocator import active_allocator
 from mlsd_assets.core.platform.atomic import atomic_path
-from mlsd_assets.core.training.budget import TimeBudget
+from mlsd_assets.core.training.budget import StepCosts, TimeBudget
 from mlsd_assets.core.training.models import AirbenchNet, InferenceModel, build_model
 from mlsd_assets.core.training.recipes import TrainConfig
 from mlsd_assets.core.training.steps import (
     evaluate,
+    input_size,
     lr_factor,
     make_optimizers,
     on_device,
@@ -133,7 +134,9 @@ def train(
     run = RunState(config, model, optimizers, lookahead, len(batches), checkpoint_dir, dict(checkpoint_extra or {}))
     run.resume(logger)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    progress = _Progress(logger, progress_every, run)
+    costs = budget.costs if budget is not None else StepCosts()  # the budget prices low-resolution steps
+    progress = _Progress(logger, progress_every, run, costs)
+    full_size = False  # once at full size, stay there: a re-sized horizon must not send the run back
     while run.epoch < run.epochs:  # a time budget may change `epochs` as training goes
         started = time.perf_counter()
         if isinstance(model.net, AirbenchNet):
@@ -145,7 +148,9 @@ def train(
             if step >= run.total_steps:
                 break
             set_lr(optimizers, lr_factor(config, step, run.total_steps))
-            loss, logits = train_step(model, optimizers, loss_fn, x, y, precision)
+            size = 32 if full_size else input_size(config, step, run.total_steps)
+            full_size = size == 32
+            loss, logits = train_step(model, optimizers, loss_fn, x, y, precision, size)
             if lookahead is not None and (step + 1) % Lookahead.every == 0:
                 lookahead.step(model.net, lookahead_decay(step + 1, run.total_steps))
             meter.add(i, loss, logits, y)
@@ -290,7 +295,9 @@ class RunState:
         self.history.append(stats)
         done = (self.epoch + 1) * self.steps_per_epoch
         if budget is not None and done < self.total_steps:
-            step_s = stats.train_seconds / max(meter.seen / self.config.batch_size, 1)
+            first = self.epoch * self.steps_per_epoch
+            ran = budget.costs.span(first, first + meter.seen // self.config.batch_size, self.total_steps)
+            step_s = stats.train_seconds / max(ran, 1)  # per full-size step
             eval_s = stats.epoch_seconds - stats.train_seconds
             self.total_steps = budget.total_steps(done, step_s, eval_s, self.steps_per_epoch)
             logger.info(
@@ -344,25 +351,26 @@ def total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
 class _Progress:
     """A log line at least every `every` seconds: step, images/s over the window, ETA of the epoch and run."""
 
-    def __init__(self, logger: logging.Logger, every: float, run: RunState) -> None:
-        self.logger, self.every, self.run = logger, every, run
+    def __init__(self, logger: logging.Logger, every: float, run: RunState, costs: StepCosts) -> None:
+        self.logger, self.every, self.run, self.costs = logger, every, run, costs
         self.last_time, self.last_step, self.eval_seconds = time.perf_counter(), 0, 0.0
 
     def step(self, i: int, step: int, batch: int, loss: float) -> float | None:
-        """Logs when `every` seconds have passed; returns the steps/s of that window (None when it did not)."""
+        """Logs when `every` seconds have passed; returns that window's speed in full-size steps/s (low-resolution
+        ones priced by `costs`), None when it did not log."""
         now = time.perf_counter()
         if now - self.last_time < self.every:
             return None
-        run = self.run
-        rate = (step + 1 - self.last_step) / (now - self.last_time)  # steps/s over this window
-        epoch_end = min((run.epoch + 1) * run.steps_per_epoch, run.total_steps)
+        run, seconds, total = self.run, now - self.last_time, self.run.total_steps
+        rate = self.costs.span(self.last_step, step + 1, total) / seconds
+        epoch_end = min((run.epoch + 1) * run.steps_per_epoch, total)
         evals_left = run.epochs - run.epoch  # this epoch's validation pass and the later ones
-        epoch_eta = (epoch_end - step - 1) / rate + self.eval_seconds
-        run_eta = (run.total_steps - step - 1) / rate + evals_left * self.eval_seconds
+        epoch_eta = self.costs.span(step + 1, epoch_end, total) / rate + self.eval_seconds
+        run_eta = self.costs.span(step + 1, total, total) / rate + evals_left * self.eval_seconds
         self.logger.info(
             f"epoch {run.epoch + 1}/{run.epochs} step {i + 1}/{epoch_end - run.epoch * run.steps_per_epoch}"
-            f" (run {step + 1}/{run.total_steps}): loss {loss:.4f}, {rate * batch:.0f} img/s,"
-            f" epoch ETA {epoch_eta:.0f}s, run ETA {run_eta:.0f}s"
+            f" (run {step + 1}/{total}): loss {loss:.4f}, {(step + 1 - self.last_step) * batch / seconds:.0f}"
+            f" img/s, epoch ETA {epoch_eta:.0f}s, run ETA {run_eta:.0f}s"
         )
         self.last_time, self.last_step = now, step + 1
         return rate

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import optuna
 
     from mlsd_assets.core.data.splits import Cifar10Split
-    from mlsd_assets.core.training.budget import Throughput
+    from mlsd_assets.core.training.budget import StepCosts, Throughput
     from mlsd_assets.core.training.recipes import TrainConfig
     from mlsd_assets.core.training.train import EpochStats, TrainData
 
@@ -268,7 +268,7 @@ class _Objective:
         params = self.space.suggest(trial)
         self.hooks.started(trial.number, params)
         started = time.monotonic()
-        config, budget_s, eval_hint = self._sized(apply(self.base, params), started)
+        config, budget_s, eval_hint, costs = self._sized(apply(self.base, params), started)
         last_step = 0
 
         def report(stats: EpochStats) -> None:
@@ -283,7 +283,7 @@ class _Objective:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"validation accuracy {stats.val_accuracy:.4f} at step {step}")
 
-        budget = TimeBudget(budget_s - (time.monotonic() - started), eval_hint) if budget_s else None
+        budget = TimeBudget(budget_s - (time.monotonic() - started), eval_hint, costs) if budget_s else None
         result = train(
             self.data.arrays,
             config,
@@ -297,21 +297,25 @@ class _Objective:
         trial.set_user_attr("train_seconds", round(result.train_seconds, 1))
         return float(result.validation["accuracy"])
 
-    def _sized(self, config: TrainConfig, started: float) -> tuple[TrainConfig, float | None, float]:
-        """The trial's config sized to its budget (a probe per net shape, reused), the budget, and the probe's
-        estimate of one validation pass; with `trial_epochs`, that many epochs and no budget."""
-        from mlsd_assets.core.training.budget import budgeted, measure_throughput, plan_budget
+    def _sized(self, config: TrainConfig, started: float) -> tuple[TrainConfig, float | None, float, StepCosts]:
+        """The trial's config sized to its budget (a probe per net shape, reused), the budget, the probe's
+        estimate of one validation pass and its price of low-resolution steps; with `trial_epochs`, that many
+        epochs and no budget."""
+        from mlsd_assets.core.training.budget import StepCosts, budgeted, measure_throughput, plan_budget
 
         if self.settings.trial_budget_s is None:
-            return dataclasses.replace(config, epochs=int(self.settings.trial_epochs or 1)), None, 0.0
+            return dataclasses.replace(config, epochs=int(self.settings.trial_epochs or 1)), None, 0.0, StepCosts()
         d = self.data.arrays
         shape = (config.architecture, config.widths, config.batch_size, config.precision, config.threads)
+        shape += (config.low_res_fraction > 0, config.low_res_size)
         if shape not in self.probes:
             self.probes[shape] = measure_throughput(config, d, self.logger, steps=2, max_seconds=10.0)
         probe = dataclasses.replace(self.probes[shape], seconds=time.monotonic() - started)
         budget_s = self.settings.trial_budget_s
-        plan = plan_budget(budget_s, probe, len(d.train_labels), len(d.val_labels), config.batch_size)
-        return budgeted(config, plan), budget_s, len(d.val_labels) / probe.eval_images_per_second
+        fraction = config.low_res_fraction
+        plan = plan_budget(budget_s, probe, len(d.train_labels), len(d.val_labels), config.batch_size, fraction)
+        costs = StepCosts(fraction, probe.low_res_cost)
+        return budgeted(config, plan), budget_s, len(d.val_labels) / probe.eval_images_per_second, costs
 
 
 def result_of(study: optuna.Study, dataset_hash: str, settings: StudySettings, skipped: bool) -> TuningResult:

@@ -10,6 +10,7 @@ import pytest
 
 from mlsd_assets.core.training.budget import (
     BUDGET_RESERVE,
+    StepCosts,
     Throughput,
     TimeBudget,
     budgeted,
@@ -24,8 +25,10 @@ from mlsd_assets_tests.training.tiny import TINY
 LOG = logging.getLogger("test")
 
 
-def _throughput(train_ips: float, eval_ips: float = 10_000.0, seconds: float = 5.0) -> Throughput:
-    return Throughput(train_ips, eval_ips, seconds, "fp32", 2, "onednn", "test CPU", "avx2")
+def _throughput(
+    train_ips: float, eval_ips: float = 10_000.0, seconds: float = 5.0, low_res_cost: float = 1.0
+) -> Throughput:
+    return Throughput(train_ips, eval_ips, seconds, "fp32", 2, "onednn", "test CPU", "avx2", low_res_cost)
 
 
 def test_plan_fills_the_budget_and_no_more() -> None:
@@ -69,6 +72,8 @@ def test_tiny_budget_is_met_within_ten_percent(caplog: pytest.LogCaptureFixture)
         sized, time_budget, probe, plan = size_to_budget(config, data, budget, LOG)
         assert probe.train_images_per_second > 0 and probe.eval_images_per_second > 0
         assert probe.precision == "fp32" and probe.cpu_model
+        assert 0 < probe.low_res_cost < 2 and probe.record()["probe.low_res_cost"] == probe.low_res_cost
+        assert time_budget.costs == StepCosts(config.low_res_fraction, probe.low_res_cost)
         assert plan.steps >= 5  # enough work that the check means something
         assert time_budget.eval_seconds_hint == pytest.approx(len(data.val_labels) / probe.eval_images_per_second)
         assert (sized.max_steps, sized.epochs) == (plan.steps, plan.epochs)
@@ -103,8 +108,33 @@ def test_training_stops_once_the_budget_is_spent_even_when_every_step_outlasts_a
 def test_the_speed_the_budget_re_sizes_by_leaves_out_the_validation_pass() -> None:
     # 10 steps in 1 s of training, then 1 s of validation: 10 steps/s, not 5 (which planned too few steps).
     run = SimpleNamespace(epoch=0, epochs=2, steps_per_epoch=10, total_steps=20)
-    progress = _Progress(LOG, every=0.0, run=run)  # type: ignore[arg-type]
+    progress = _Progress(LOG, every=0.0, run=run, costs=StepCosts())  # type: ignore[arg-type]
     progress.last_time = time.perf_counter() - 2.0
     progress.leave_out(1.0)
     rate = progress.step(i=9, step=9, batch=100, loss=1.0)
     assert rate == pytest.approx(10.0, rel=0.05)
+
+
+def test_the_budget_buys_more_steps_when_the_first_ones_are_cheaper() -> None:
+    # 2 s a full step, 1 s a low-resolution one for the first half of the run; 0.5 s a validation pass
+    plain = plan_budget(600.0, _throughput(1000.0), 50_000, 5_000, 2000)
+    mixed = plan_budget(600.0, _throughput(1000.0, low_res_cost=0.5), 50_000, 5_000, 2000, low_res_fraction=0.5)
+    low = -(-mixed.steps // 2)
+    cost = low * 1.0 + (mixed.steps - low) * 2.0 + (mixed.epochs + 1) * 0.5
+    available = 600.0 * (1 - BUDGET_RESERVE) - 5.0
+    assert cost <= available < cost + 2.0 + 0.5  # one more step would not fit
+    assert mixed.steps / plain.steps == pytest.approx(4 / 3, rel=0.03)  # 1.5 s a step on average instead of 2
+    assert mixed.expected_seconds == pytest.approx(5.0 + cost)
+
+
+def test_step_costs_count_the_low_resolution_steps_of_the_run_length_asked() -> None:
+    costs = StepCosts(low_res_fraction=0.7, low_res_cost=0.5)
+    assert costs.span(0, 10, 10) == pytest.approx(7 * 0.5 + 3)  # steps 0-6 low
+    assert costs.span(5, 9, 10) == pytest.approx(2 * 0.5 + 2)
+    assert costs.span(8, 10, 10) == 2 and costs.span(3, 3, 10) == 0
+    assert costs.span(0, 10, 20) == pytest.approx(5.0)  # a longer run: all ten low
+    assert StepCosts().span(0, 10, 10) == 10
+    # mid-run, the remaining steps are priced by the phase they fall in, so more fit when cheap ones are left
+    early = TimeBudget(100.0, costs=costs).total_steps(done=0, step_seconds=1.0, eval_seconds=0.0, steps_per_epoch=25)
+    flat = TimeBudget(100.0).total_steps(done=0, step_seconds=1.0, eval_seconds=0.0, steps_per_epoch=25)
+    assert early > flat

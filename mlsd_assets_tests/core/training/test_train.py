@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from mlsd_assets.core.training import train as train_module
+from mlsd_assets.core.training.budget import StepCosts
 from mlsd_assets.core.training.recipes import RECIPES, TrainConfig, recipe_config
-from mlsd_assets.core.training.steps import evaluate
+from mlsd_assets.core.training.steps import evaluate, make_optimizers, prepare_model, train_step
 from mlsd_assets.core.training.train import TrainData, read_checkpoint, train
 from mlsd_assets_tests.synthetic import make_split
 from mlsd_assets_tests.training.tiny import TINY
@@ -91,6 +93,9 @@ def test_vgg11_parity_recipe_defaults() -> None:
         ({"epochs": 0}, "epochs: must be >= 1"),
         ({"lr": -1.0}, "lr: must be > 0"),
         ({"widths": (8, 16)}, "widths: expected three"),
+        ({"low_res_fraction": 1.0}, r"low_res_fraction: must be in \[0, 1\)"),
+        ({"low_res_size": 24}, "low_res_size: 24 px with airbench"),
+        ({"architecture": "vgg11", "low_res_fraction": 0.5}, "low_res_size: 26 px with vgg11"),
     ],
 )
 def test_bad_config_is_a_clear_error(overrides: dict[str, object], message: str) -> None:
@@ -124,3 +129,52 @@ def test_an_exception_from_on_epoch_propagates_unchanged_after_the_checkpoint(sp
     assert caught.value is raised
     saved = read_checkpoint(tmp_path)
     assert saved is not None and saved["epoch"] == 1 and len(saved["history"]) == 1
+
+
+def test_progressive_resizing_trains_the_first_steps_small_then_the_rest_at_full_size(
+    split,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = recipe_config(**{**TINY, "low_res_fraction": 0.5, "low_res_size": 28})
+    sizes: list[int] = []
+
+    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
+        sizes.append(args[6])
+        return train_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", recording)
+    result = _train(split, config)
+    assert result.steps == 16 and sizes == [28] * 8 + [32] * 8  # 400 images, batch 50: 8 steps an epoch
+    assert result.validation["accuracy"] > 0.3  # still learns; the served model takes 32 px
+    assert recipe_config("sgd").low_res_fraction == 0 and recipe_config("long").low_res_fraction == 0
+
+    class Growing:
+        """A budget that, ten steps in, finds time for 40: the low-resolution phase's end moves to step 20."""
+
+        costs = StepCosts(0.5, 0.8)
+
+        def total_steps(self, done: int, *_: object) -> int:
+            return 40 if done >= 10 else 16
+
+        def left(self) -> float:
+            return 0.0
+
+    sizes.clear()
+    grown = train(TrainData.from_split(split), config, LOG, budget=Growing(), progress_every=0.0)  # type: ignore[arg-type]
+    assert grown.steps == 40 and sizes == [28] * 8 + [32] * 32  # once at full size, never back to 28
+
+
+def test_a_low_resolution_step_is_the_whole_image_smaller(split) -> None:  # type: ignore[no-untyped-def]
+    config = recipe_config(**TINY)
+    data = TrainData.from_split(split)
+    model = prepare_model(config, data.train_images, data.mean, data.std, torch.device("cpu"), "fp32")
+    seen: list[torch.Tensor] = []
+    model.net.whiten.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    x = torch.from_numpy(data.train_images[:4])
+    y = torch.from_numpy(data.train_labels[:4].astype("int64"))
+    loss_fn = torch.nn.CrossEntropyLoss()
+    train_step(model, make_optimizers(model.net, config), loss_fn, x, y, "fp32", 26)
+    small = seen[-1]
+    assert small.shape == (4, 3, 26, 26)
+    expected = torch.nn.functional.interpolate(model.preprocess(x), size=(26, 26), mode="bilinear", antialias=True)
+    assert torch.allclose(small, expected, atol=1e-5)  # the whole image scaled, not a crop of it
