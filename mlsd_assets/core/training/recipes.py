@@ -51,7 +51,8 @@ class TrainConfig:
     whiten_bias_epochs: int = 3
     # Progressive resizing: the first `low_res_fraction` of all steps see the batch scaled down to `low_res_size`
     # px (~0.75x a step's time at 26 px; 26 is the least the airbench head takes). Side by side on real
-    # CIFAR-10 it reached ~0.3-0.5 pt more accuracy in the same minutes (README, Benchmarks). 0: off.
+    # CIFAR-10: ~0.3-0.5 pt more accuracy in the same minutes in ~200-step runs, within noise of none by ~400
+    # (README, Benchmarks). 0: off.
     low_res_fraction: float = 0.7
     low_res_size: int = 26
     lookahead: bool = False
