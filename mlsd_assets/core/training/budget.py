@@ -51,6 +51,10 @@ class Throughput:
     def record(self) -> dict[str, Any]:
         return {f"probe.{k}": v for k, v in dataclasses.asdict(self).items()}
 
+    def step_costs(self, low_res_fraction: float) -> StepCosts:
+        """What a run's steps cost at the prices this probe measured, with `low_res_fraction` of them small."""
+        return StepCosts(low_res_fraction, self.low_res_cost)
+
 
 @dataclass(frozen=True)
 class StepCosts:
@@ -160,7 +164,7 @@ def plan_budget(
     step_s = batch_size / throughput.train_images_per_second
     eval_s = val_count / throughput.eval_images_per_second
     available = budget_seconds * (1 - BUDGET_RESERVE) - throughput.seconds
-    costs = StepCosts(low_res_fraction, throughput.low_res_cost)
+    costs = throughput.step_costs(low_res_fraction)
     steps = steps_that_fit(available, step_s, eval_s, steps_per_epoch, costs=costs)
     epochs = math.ceil(steps / steps_per_epoch)
     return BudgetPlan(
@@ -186,8 +190,8 @@ def size_to_budget(
     probe = measure_throughput(config, data, logger)
     train_count, val_count = len(data.train_labels), len(data.val_labels)
     plan = plan_budget(seconds, probe, train_count, val_count, config.batch_size, config.low_res_fraction)
-    budget.eval_seconds_hint = len(data.val_labels) / probe.eval_images_per_second
-    budget.costs = StepCosts(config.low_res_fraction, probe.low_res_cost)
+    budget.eval_seconds_hint = val_count / probe.eval_images_per_second
+    budget.costs = probe.step_costs(config.low_res_fraction)
     logger.info(
         f"time budget {seconds / 60:.1f} min: {plan.steps} steps ({plan.steps / plan.steps_per_epoch:.2f}"
         f" epochs), estimated {plan.expected_seconds:.0f}s"

@@ -314,8 +314,8 @@ class _Objective:
         budget_s = self.settings.trial_budget_s
         fraction = config.low_res_fraction
         plan = plan_budget(budget_s, probe, len(d.train_labels), len(d.val_labels), config.batch_size, fraction)
-        costs = StepCosts(fraction, probe.low_res_cost)
-        return budgeted(config, plan), budget_s, len(d.val_labels) / probe.eval_images_per_second, costs
+        eval_s = len(d.val_labels) / probe.eval_images_per_second
+        return budgeted(config, plan), budget_s, eval_s, probe.step_costs(fraction)
 
 
 def result_of(study: optuna.Study, dataset_hash: str, settings: StudySettings, skipped: bool) -> TuningResult:
