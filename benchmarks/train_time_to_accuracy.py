@@ -129,7 +129,7 @@ def main() -> int:
     )
     print(f"torch={torch.__version__} data: {len(x_train)} train / {len(x_test)} test, loaded in {load_s:.1f}s")
 
-    def run(preset: str, budget_s: float | None = None) -> tuple[list[tuple[float, float]], float, str, float]:
+    def run(preset: str, budget_s: float | None = None) -> tuple[list[tuple[float, float | None]], float, str, float]:
         """(cumulative training seconds, test accuracy) after each epoch; final accuracy; precision; wall
         seconds. With `budget_s`, sized to that many seconds of wall time (probe included) as the pipeline
         sizes it."""
@@ -140,12 +140,13 @@ def main() -> int:
         if budget_s is not None:
             config, budget, _, _ = size_to_budget(config, arrays, budget_s, log)
         print(f"config {preset}: {config.hyperparameters()}")
-        curve: list[tuple[float, float]] = []
+        curve: list[tuple[float, float | None]] = []  # None: an epoch at low resolution, not tested
 
         def on_epoch(stats) -> None:  # type: ignore[no-untyped-def]
             curve.append(((curve[-1][0] if curve else 0.0) + stats.train_seconds, stats.val_accuracy))
+            tested = "  -   " if stats.val_accuracy is None else f"{stats.val_accuracy:.4f}"
             print(
-                f"{preset} epoch {stats.epoch:>2}/{stats.epochs}  test_acc {stats.val_accuracy:.4f}"
+                f"{preset} epoch {stats.epoch:>2}/{stats.epochs}  test_acc {tested}"
                 f"  train_loss {stats.train_loss:.4f}  train_s {stats.train_seconds:6.1f}"
                 f"  cum_train_s {curve[-1][0]:7.1f}  images/s {stats.images_per_second:6.0f}"
                 f"  eval_s {stats.epoch_seconds - stats.train_seconds:5.1f}",
@@ -178,7 +179,7 @@ def main() -> int:
     ref_curve, ref_accuracy, precision, ref_wall = run(args.reference)
     curve, accuracy, _, _ = run(args.preset)
     ref_seconds = ref_curve[-1][0]
-    reached = next((seconds for seconds, acc in curve if acc >= ref_accuracy), None)
+    reached = next((seconds for seconds, acc in curve if acc is not None and acc >= ref_accuracy), None)
     ratio = f"{reached / ref_seconds:.2f}" if reached is not None else "not reached"
     reference = (
         f"reference={args.reference} precision={precision} reference_final_test_acc={ref_accuracy:.4f}"

@@ -243,7 +243,7 @@ def _mlflow_run_of(stack: Stack, dagster_run_id: str) -> dict[str, Any] | None:
 
 
 def _epochs_in_mlflow(stack: Stack, mlflow_run_id: str) -> list[int]:
-    history = _mlflow(stack, "metrics/get-history", run_id=mlflow_run_id, metric_key="val_accuracy")
+    history = _mlflow(stack, "metrics/get-history", run_id=mlflow_run_id, metric_key="train_loss")  # every epoch
     return sorted(int(m["step"]) for m in history.get("metrics", []))
 
 

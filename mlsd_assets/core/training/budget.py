@@ -51,23 +51,36 @@ class Throughput:
     def record(self) -> dict[str, Any]:
         return {f"probe.{k}": v for k, v in dataclasses.asdict(self).items()}
 
-    def step_costs(self, low_res_fraction: float) -> StepCosts:
+    def step_costs(self, low_res_fraction: float, validate_every_epoch: bool = False) -> StepCosts:
         """What a run's steps cost at the prices this probe measured, with `low_res_fraction` of them small."""
-        return StepCosts(low_res_fraction, self.low_res_cost)
+        return StepCosts(low_res_fraction, self.low_res_cost, validate_every_epoch)
 
 
 @dataclass(frozen=True)
 class StepCosts:
     """What steps cost in full-size steps: with progressive resizing the first `low_res_fraction` of a run's
-    steps are cheaper (`low_res_cost` each), so the steps that fit a budget depend on the run's length."""
+    steps are cheaper (`low_res_cost` each), so the steps that fit a budget depend on the run's length; and
+    those epochs are not validated unless `validate_every_epoch` (as `train(validate_every_epoch=...)`)."""
 
     low_res_fraction: float = 0.0
     low_res_cost: float = 1.0
+    validate_every_epoch: bool = False
 
     def span(self, start: int, stop: int, total: int) -> float:
         """Steps `start`..`stop - 1` of a run `total` steps long, in full-size step equivalents."""
         low = max(0, min(stop, low_res_steps(self.low_res_fraction, total)) - start)
         return low * self.low_res_cost + max(0, stop - start - low)
+
+    def validates(self, epoch: int, total: int, steps_per_epoch: int) -> bool:
+        """Whether training validates `epoch` (0-based) of a run `total` steps long: one that ends at full size."""
+        low = 0 if self.validate_every_epoch else low_res_steps(self.low_res_fraction, total)
+        return min((epoch + 1) * steps_per_epoch, total) > low
+
+    def validation_passes(self, start: int, total: int, steps_per_epoch: int) -> int:
+        """Validation passes still to come in a run `total` steps long, from the epoch of step `start` on, and
+        the final evaluation."""
+        epochs = range(start // steps_per_epoch, math.ceil(total / steps_per_epoch))
+        return sum(self.validates(e, total, steps_per_epoch) for e in epochs) + 1
 
 
 @dataclass(frozen=True)
@@ -154,9 +167,10 @@ def plan_budget(
     val_count: int,
     batch_size: int,
     low_res_fraction: float = 0.0,
+    validate_every_epoch: bool = False,
 ) -> BudgetPlan:
-    """The most steps whose estimated time (probe already spent + steps + one validation pass per epoch +
-    the final one) fits the budget, less a small reserve. At least one step. Training re-sizes this after
+    """The most steps whose estimated time (probe already spent + steps + one validation pass per full-size
+    epoch + the final one) fits the budget, less a small reserve. At least one step. Training re-sizes this after
     every epoch from the speed it then measures (`train(budget=TimeBudget(...))`)."""
     if budget_seconds <= 0:
         raise ValueError(f"time budget: must be > 0 seconds, got {budget_seconds}")
@@ -164,7 +178,7 @@ def plan_budget(
     step_s = batch_size / throughput.train_images_per_second
     eval_s = val_count / throughput.eval_images_per_second
     available = budget_seconds * (1 - BUDGET_RESERVE) - throughput.seconds
-    costs = throughput.step_costs(low_res_fraction)
+    costs = throughput.step_costs(low_res_fraction, validate_every_epoch)
     steps = steps_that_fit(available, step_s, eval_s, steps_per_epoch, costs=costs)
     epochs = math.ceil(steps / steps_per_epoch)
     return BudgetPlan(
@@ -172,7 +186,9 @@ def plan_budget(
         steps=steps,
         steps_per_epoch=steps_per_epoch,
         epochs=epochs,
-        expected_seconds=throughput.seconds + costs.span(0, steps, steps) * step_s + (epochs + 1) * eval_s,
+        expected_seconds=throughput.seconds
+        + costs.span(0, steps, steps) * step_s
+        + costs.validation_passes(0, steps, steps_per_epoch) * eval_s,
     )
 
 
@@ -210,11 +226,12 @@ def steps_that_fit(
     costs: StepCosts = StepCosts(),
 ) -> int:
     """The most steps (at least `minimum`) after the `done` ones whose training (`step_seconds` per full-size
-    step), one validation pass per started epoch and the final evaluation take at most `seconds`."""
+    step), one validation pass per full-size epoch and the final evaluation take at most `seconds`."""
 
     def cost(steps: int) -> float:
-        train_s = costs.span(done, done + steps, done + steps) * step_seconds
-        return train_s + (math.ceil(steps / steps_per_epoch) + 1) * eval_seconds
+        total = done + steps
+        train_s = costs.span(done, total, total) * step_seconds
+        return train_s + costs.validation_passes(done, total, steps_per_epoch) * eval_seconds
 
     steps = max(minimum, int((seconds - eval_seconds) / (step_seconds + eval_seconds / steps_per_epoch)))
     while steps > minimum and cost(steps) > seconds:

@@ -102,8 +102,9 @@ def lr_factor(config: TrainConfig, step: int, total: int) -> float:
 
 
 def low_res_steps(fraction: float, total: int) -> int:
-    """Progressive resizing: how many of a run's first `total` steps train at low resolution."""
-    return math.ceil(fraction * total)
+    """Progressive resizing: how many of a run's first `total` steps train at low resolution (never the last
+    one: the model is served at 32 px)."""
+    return min(math.ceil(fraction * total), max(total - 1, 0))
 
 
 def input_size(config: TrainConfig, step: int, total: int) -> int:

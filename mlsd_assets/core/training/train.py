@@ -69,8 +69,8 @@ class EpochStats:
     epochs: int
     train_loss: float
     train_accuracy: float
-    val_loss: float
-    val_accuracy: float
+    val_loss: float | None  # None: not validated (an epoch that ended at low resolution)
+    val_accuracy: float | None
     lr: float
     images_per_second: float
     train_seconds: float  # optimisation only
@@ -88,7 +88,7 @@ class EpochStats:
             "train_seconds",
             "epoch_seconds",
         )
-        return {n: float(getattr(self, n)) for n in names}
+        return {n: float(getattr(self, n)) for n in names if getattr(self, n) is not None}
 
 
 @dataclass
@@ -115,11 +115,15 @@ def train(
     select: Literal["best", "last"] = "best",
     budget: TimeBudget | None = None,
     progress_every: float = 15.0,
+    validate_every_epoch: bool = False,
 ) -> TrainResult:
     """Train `config.epochs` epochs (continuing from `checkpoint_dir` if it holds a matching run); the epoch
     with the best validation accuracy is returned (`select="last"`: the final one, for benchmarks that pass
     the test set as validation). The asset never passes the test split in here. A progress line is logged at
-    least every `progress_every` seconds (while steps finish). With a `budget`, the remaining steps (and the
+    least every `progress_every` seconds (while steps finish). An epoch that ends at low resolution
+    (progressive resizing) is not validated unless `validate_every_epoch` (a tuning pruner compares trials by
+    every epoch): a net not yet trained at 32 px reads low there, is never the best, and the passes would
+    cost ~10% of a short run. With a `budget`, the remaining steps (and the
     lr schedule's horizon) are re-sized after every epoch and at every progress line from the speed just
     measured, so that training ends on time even when the machine gets slower or faster. An exception from
     `on_epoch` propagates unchanged; the checkpoint then holds that epoch."""
@@ -160,12 +164,14 @@ def train(
         if lookahead is not None and run.epoch + 1 == run.epochs:
             lookahead.step(model.net, 1.0)  # finish on the slow (averaged) weights
         train_seconds = time.perf_counter() - started
-        val = evaluate(
-            model, data.val_images, data.val_labels, config.eval_batch_size, precision, config.label_smoothing
-        )
+        val = None
+        if full_size or validate_every_epoch or run.epoch + 1 >= run.epochs:
+            val = evaluate(
+                model, data.val_images, data.val_labels, config.eval_batch_size, precision, config.label_smoothing
+            )
+            progress.eval_seconds = time.perf_counter() - started - train_seconds
         stats = run.stats(meter, val, train_seconds, time.perf_counter() - started)
-        progress.eval_seconds = stats.epoch_seconds - train_seconds
-        run.end_epoch(stats, meter, budget, logger)  # history, budget, best epoch, checkpoint
+        run.end_epoch(stats, meter, budget, progress.eval_seconds, logger)  # history, budget, best, checkpoint
         if on_epoch is not None:
             on_epoch(stats)
         progress.leave_out(time.perf_counter() - started - train_seconds)  # validation, checkpoint, callbacks
@@ -268,7 +274,9 @@ class RunState:
         self.extra = {**state.get("extra", {}), **self.extra}
         logger.info(f"resuming from checkpoint {self.checkpoint_dir} after epoch {self.epoch}/{self.epochs}")
 
-    def stats(self, meter: _Meter, val: dict[str, float], train_seconds: float, epoch_seconds: float) -> EpochStats:
+    def stats(
+        self, meter: _Meter, val: dict[str, float] | None, train_seconds: float, epoch_seconds: float
+    ) -> EpochStats:
         """The epoch just trained, in figures."""
         end = min((self.epoch + 1) * self.steps_per_epoch, self.total_steps)
         return EpochStats(
@@ -276,8 +284,8 @@ class RunState:
             epochs=self.epochs,
             train_loss=meter.loss_sum / max(meter.seen, 1),
             train_accuracy=meter.correct / max(meter.seen, 1),
-            val_loss=val["loss"],
-            val_accuracy=val["accuracy"],
+            val_loss=val["loss"] if val else None,
+            val_accuracy=val["accuracy"] if val else None,
             lr=self.config.lr * lr_factor(self.config, end, self.total_steps),
             images_per_second=meter.seen / max(train_seconds, 1e-9),
             train_seconds=train_seconds,
@@ -285,12 +293,22 @@ class RunState:
             eta_seconds=epoch_seconds * (self.epochs - self.epoch - 1),
         )
 
-    def end_epoch(self, stats: EpochStats, meter: _Meter, budget: TimeBudget | None, logger: logging.Logger) -> None:
-        """Record the epoch, re-size to the budget, keep the best weights, write the checkpoint."""
+    def end_epoch(
+        self,
+        stats: EpochStats,
+        meter: _Meter,
+        budget: TimeBudget | None,
+        eval_s: float,
+        logger: logging.Logger,
+    ) -> None:
+        """Record the epoch, re-size to the budget (`eval_s`: the last validation pass's time, 0 before the
+        first), keep the best weights, write the checkpoint."""
+        val = "not validated (low resolution)"
+        if stats.val_accuracy is not None:
+            val = f"val loss {stats.val_loss:.4f} acc {stats.val_accuracy:.4f}"
         logger.info(
             f"epoch {stats.epoch}/{stats.epochs}: train loss {stats.train_loss:.4f} acc {stats.train_accuracy:.4f}"
-            f" | val loss {stats.val_loss:.4f} acc {stats.val_accuracy:.4f} | {stats.images_per_second:.0f} img/s"
-            f" | {stats.epoch_seconds:.1f}s, ETA {stats.eta_seconds:.0f}s"
+            f" | {val} | {stats.images_per_second:.0f} img/s | {stats.epoch_seconds:.1f}s, ETA {stats.eta_seconds:.0f}s"
         )
         self.history.append(stats)
         done = (self.epoch + 1) * self.steps_per_epoch
@@ -298,12 +316,11 @@ class RunState:
             first = self.epoch * self.steps_per_epoch
             ran = budget.costs.span(first, first + meter.seen // self.config.batch_size, self.total_steps)
             step_s = stats.train_seconds / max(ran, 1)  # per full-size step
-            eval_s = stats.epoch_seconds - stats.train_seconds
             self.total_steps = budget.total_steps(done, step_s, eval_s, self.steps_per_epoch)
             logger.info(
                 f"time budget: {budget.left():.0f}s left, re-sized to {self.total_steps} steps ({self.epochs} epochs)"
             )
-        if stats.val_accuracy > self.best["accuracy"]:
+        if stats.val_accuracy is not None and stats.val_accuracy > self.best["accuracy"]:
             self.best = {"epoch": stats.epoch, "accuracy": stats.val_accuracy, "state": _cpu_state(self.model)}
         self.epoch += 1
         if self.checkpoint_dir is not None:
@@ -364,8 +381,9 @@ class _Progress:
         run, seconds, total = self.run, now - self.last_time, self.run.total_steps
         rate = self.costs.span(self.last_step, step + 1, total) / seconds
         epoch_end = min((run.epoch + 1) * run.steps_per_epoch, total)
-        evals_left = run.epochs - run.epoch  # this epoch's validation pass and the later ones
-        epoch_eta = self.costs.span(step + 1, epoch_end, total) / rate + self.eval_seconds
+        evals_left = self.costs.validation_passes(step, total, run.steps_per_epoch) - 1  # from this epoch's on
+        epoch_eta = self.costs.span(step + 1, epoch_end, total) / rate
+        epoch_eta += self.eval_seconds if self.costs.validates(run.epoch, total, run.steps_per_epoch) else 0.0
         run_eta = self.costs.span(step + 1, total, total) / rate + evals_left * self.eval_seconds
         self.logger.info(
             f"epoch {run.epoch + 1}/{run.epochs} step {i + 1}/{epoch_end - run.epoch * run.steps_per_epoch}"

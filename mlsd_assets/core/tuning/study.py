@@ -291,6 +291,7 @@ class _Objective:
             on_epoch=report,
             progress_every=15.0,  # also how often the budget re-sizes the trial from its measured speed
             budget=budget,
+            validate_every_epoch=True,  # the pruner compares trials from their first epoch
         )
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("steps", result.steps)
@@ -313,9 +314,12 @@ class _Objective:
         probe = dataclasses.replace(self.probes[shape], seconds=time.monotonic() - started)
         budget_s = self.settings.trial_budget_s
         fraction = config.low_res_fraction
-        plan = plan_budget(budget_s, probe, len(d.train_labels), len(d.val_labels), config.batch_size, fraction)
-        eval_s = len(d.val_labels) / probe.eval_images_per_second
-        return budgeted(config, plan), budget_s, eval_s, probe.step_costs(fraction)
+        train_count, val_count = len(d.train_labels), len(d.val_labels)
+        plan = plan_budget(
+            budget_s, probe, train_count, val_count, config.batch_size, fraction, validate_every_epoch=True
+        )
+        eval_s = val_count / probe.eval_images_per_second
+        return budgeted(config, plan), budget_s, eval_s, probe.step_costs(fraction, validate_every_epoch=True)
 
 
 def result_of(study: optuna.Study, dataset_hash: str, settings: StudySettings, skipped: bool) -> TuningResult:

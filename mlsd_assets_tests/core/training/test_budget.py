@@ -120,7 +120,8 @@ def test_the_budget_buys_more_steps_when_the_first_ones_are_cheaper() -> None:
     plain = plan_budget(600.0, _throughput(1000.0), 50_000, 5_000, 2000)
     mixed = plan_budget(600.0, _throughput(1000.0, low_res_cost=0.5), 50_000, 5_000, 2000, low_res_fraction=0.5)
     low = -(-mixed.steps // 2)
-    cost = low * 1.0 + (mixed.steps - low) * 2.0 + (mixed.epochs + 1) * 0.5
+    passes = sum(min(25 * (e + 1), mixed.steps) > low for e in range(mixed.epochs)) + 1  # full-size epochs, final
+    cost = low * 1.0 + (mixed.steps - low) * 2.0 + passes * 0.5
     available = 600.0 * (1 - BUDGET_RESERVE) - 5.0
     assert cost <= available < cost + 2.0 + 0.5  # one more step would not fit
     assert mixed.steps / plain.steps == pytest.approx(4 / 3, rel=0.03)  # 1.5 s a step on average instead of 2
@@ -138,3 +139,14 @@ def test_step_costs_count_the_low_resolution_steps_of_the_run_length_asked() -> 
     early = TimeBudget(100.0, costs=costs).total_steps(done=0, step_seconds=1.0, eval_seconds=0.0, steps_per_epoch=25)
     flat = TimeBudget(100.0).total_steps(done=0, step_seconds=1.0, eval_seconds=0.0, steps_per_epoch=25)
     assert early > flat
+
+
+def test_only_the_epochs_that_end_at_full_size_are_priced_a_validation_pass() -> None:
+    # 100 steps, 25 an epoch, the first 50 at low resolution: epochs 3 and 4 are validated, then the final pass
+    costs = StepCosts(low_res_fraction=0.5, low_res_cost=0.5)
+    assert costs.validation_passes(0, 100, 25) == 3
+    assert costs.validation_passes(60, 100, 25) == 3  # epoch 3's pass is still to come
+    assert costs.validation_passes(80, 100, 25) == 2
+    assert costs.validation_passes(0, 90, 25) == 4  # 45 low: epoch 2 ends past them; a partial last one counts
+    assert StepCosts().validation_passes(0, 100, 25) == 5
+    assert costs.validation_passes(0, 2, 25) == 2  # the one (last) step of a tiny run is at full size

@@ -164,6 +164,19 @@ def test_progressive_resizing_trains_the_first_steps_small_then_the_rest_at_full
     assert grown.steps == 40 and sizes == [28] * 8 + [32] * 32  # once at full size, never back to 28
 
 
+def test_epochs_that_end_at_low_resolution_are_not_validated_unless_asked(split) -> None:  # type: ignore[no-untyped-def]
+    # 8 steps an epoch, 24 in all, the first 12 at 28 px: epoch 1 ends small, epoch 2 at full size
+    config = recipe_config(**{**TINY, "epochs": 3, "low_res_fraction": 0.5, "low_res_size": 28})
+    result = _train(split, config)
+    assert [h.val_accuracy is not None for h in result.history] == [False, True, True]
+    assert result.best_epoch in (2, 3) and result.history[0].train_loss > 0
+    assert "val_accuracy" not in result.history[0].metrics() and "train_loss" in result.history[0].metrics()
+    every = _train(split, config, validate_every_epoch=True)
+    assert all(h.val_accuracy is not None for h in every.history)
+    same = [h.val_accuracy for h in result.history[1:]]
+    assert [h.val_accuracy for h in every.history[1:]] == pytest.approx(same, abs=0.011)  # training unchanged
+
+
 def test_a_low_resolution_step_is_the_whole_image_smaller(split) -> None:  # type: ignore[no-untyped-def]
     config = recipe_config(**TINY)
     data = TrainData.from_split(split)
