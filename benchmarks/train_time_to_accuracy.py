@@ -10,7 +10,8 @@ process, on the same data, precision, threads and machine; then a `RATIO` line g
 reference's time): below 1 is faster than the reference. An epoch of a fixed-length run is not a finished
 training (its lr has not decayed), so `--budget-fractions 0.7` then also trains the preset as the pipeline
 does, under a time budget of that fraction of the reference's wall time (its training and its per-epoch test
-passes; the budgeted run counts its throughput probe, training and per-epoch test passes): the lines
+passes; the budgeted run counts its throughput probe, training and test passes, none in an epoch that ends at
+low resolution): the lines
 `BUDGET ...` say whether it reached the reference's accuracy in that time, and its optimisation time beside
 the reference's.
 
