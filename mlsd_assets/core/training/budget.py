@@ -77,10 +77,10 @@ class StepCosts:
         return min((epoch + 1) * steps_per_epoch, total) > low
 
     def validation_passes(self, start: int, total: int, steps_per_epoch: int) -> int:
-        """Validation passes still to come in a run `total` steps long, from the epoch of step `start` on, and
-        the final evaluation."""
+        """Validation passes still to come in a run `total` steps long, from the epoch of step `start` on (the
+        last epoch's is the final figure: no pass after it)."""
         epochs = range(start // steps_per_epoch, math.ceil(total / steps_per_epoch))
-        return sum(self.validates(e, total, steps_per_epoch) for e in epochs) + 1
+        return sum(self.validates(e, total, steps_per_epoch) for e in epochs)
 
 
 @dataclass(frozen=True)
@@ -169,8 +169,8 @@ def plan_budget(
     low_res_fraction: float = 0.0,
     validate_every_epoch: bool = False,
 ) -> BudgetPlan:
-    """The most steps whose estimated time (probe already spent + steps + one validation pass per full-size
-    epoch + the final one) fits the budget, less a small reserve. At least one step. Training re-sizes this after
+    """The most steps whose estimated time (probe already spent + steps + one validation pass per epoch that
+    ends at full size) fits the budget, less a small reserve. At least one step. Training re-sizes this after
     every epoch from the speed it then measures (`train(budget=TimeBudget(...))`)."""
     if budget_seconds <= 0:
         raise ValueError(f"time budget: must be > 0 seconds, got {budget_seconds}")
@@ -226,7 +226,7 @@ def steps_that_fit(
     costs: StepCosts = StepCosts(),
 ) -> int:
     """The most steps (at least `minimum`) after the `done` ones whose training (`step_seconds` per full-size
-    step), one validation pass per full-size epoch and the final evaluation take at most `seconds`."""
+    step) and one validation pass per epoch that ends at full size take at most `seconds`."""
 
     def cost(steps: int) -> float:
         total = done + steps

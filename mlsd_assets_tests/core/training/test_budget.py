@@ -35,7 +35,7 @@ def test_plan_fills_the_budget_and_no_more() -> None:
     # 50,000 images, batch 2000 (25 steps/epoch), 1000 img/s -> 2 s/step; 5000 val at 10k img/s -> 0.5 s
     plan = plan_budget(600.0, _throughput(1000.0), 50_000, 5_000, 2000)
     available = 600.0 * (1 - BUDGET_RESERVE) - 5.0
-    cost = plan.steps * 2.0 + (plan.epochs + 1) * 0.5
+    cost = plan.steps * 2.0 + plan.epochs * 0.5
     assert cost <= available < cost + 2.0 + 0.5  # one more step would not fit
     assert plan.steps_per_epoch == 25 and plan.epochs == -(-plan.steps // 25)
     assert plan.expected_seconds == pytest.approx(5.0 + cost)
@@ -120,7 +120,7 @@ def test_the_budget_buys_more_steps_when_the_first_ones_are_cheaper() -> None:
     plain = plan_budget(600.0, _throughput(1000.0), 50_000, 5_000, 2000)
     mixed = plan_budget(600.0, _throughput(1000.0, low_res_cost=0.5), 50_000, 5_000, 2000, low_res_fraction=0.5)
     low = -(-mixed.steps // 2)
-    passes = sum(min(25 * (e + 1), mixed.steps) > low for e in range(mixed.epochs)) + 1  # full-size epochs, final
+    passes = sum(min(25 * (e + 1), mixed.steps) > low for e in range(mixed.epochs))  # epochs ending at full size
     cost = low * 1.0 + (mixed.steps - low) * 2.0 + passes * 0.5
     available = 600.0 * (1 - BUDGET_RESERVE) - 5.0
     assert cost <= available < cost + 2.0 + 0.5  # one more step would not fit
@@ -142,11 +142,12 @@ def test_step_costs_count_the_low_resolution_steps_of_the_run_length_asked() -> 
 
 
 def test_only_the_epochs_that_end_at_full_size_are_priced_a_validation_pass() -> None:
-    # 100 steps, 25 an epoch, the first 50 at low resolution: epochs 3 and 4 are validated, then the final pass
+    # 100 steps, 25 an epoch, the first 50 at low resolution: epochs 3 and 4 are validated (4's is the final figure)
     costs = StepCosts(low_res_fraction=0.5, low_res_cost=0.5)
-    assert costs.validation_passes(0, 100, 25) == 3
-    assert costs.validation_passes(60, 100, 25) == 3  # epoch 3's pass is still to come
-    assert costs.validation_passes(80, 100, 25) == 2
-    assert costs.validation_passes(0, 90, 25) == 4  # 45 low: epoch 2 ends past them; a partial last one counts
-    assert StepCosts().validation_passes(0, 100, 25) == 5
-    assert costs.validation_passes(0, 2, 25) == 2  # the one (last) step of a tiny run is at full size
+    assert costs.validation_passes(0, 100, 25) == 2
+    assert costs.validation_passes(60, 100, 25) == 2  # epoch 3's pass is still to come
+    assert costs.validation_passes(80, 100, 25) == 1
+    assert costs.validation_passes(0, 90, 25) == 3  # 45 low: epoch 2 ends past them; a partial last one counts
+    assert StepCosts().validation_passes(0, 100, 25) == 4
+    assert StepCosts(0.5, validate_every_epoch=True).validation_passes(0, 100, 25) == 4
+    assert costs.validation_passes(0, 2, 25) == 1  # the one (last) step of a tiny run is at full size

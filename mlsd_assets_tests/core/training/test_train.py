@@ -171,6 +171,8 @@ def test_epochs_that_end_at_low_resolution_are_not_validated_unless_asked(split)
     assert [h.val_accuracy is not None for h in result.history] == [False, True, True]
     assert result.best_epoch in (2, 3) and result.history[0].train_loss > 0
     assert "val_accuracy" not in result.history[0].metrics() and "train_loss" in result.history[0].metrics()
+    best = result.history[result.best_epoch - 1]
+    assert result.validation == {"accuracy": best.val_accuracy, "loss": best.val_loss, "count": 100.0}  # no 2nd pass
     every = _train(split, config, validate_every_epoch=True)
     assert all(h.val_accuracy is not None for h in every.history)
     same = [h.val_accuracy for h in result.history[1:]]
