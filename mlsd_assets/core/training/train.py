@@ -123,10 +123,10 @@ def train(
     least every `progress_every` seconds (while steps finish). An epoch that ends at low resolution
     (progressive resizing) is not validated unless `validate_every_epoch` (a tuning pruner compares trials by
     every epoch): a net not yet trained at 32 px reads low there, is never the best, and the passes would
-    cost ~10% of a short run. With a `budget`, the remaining steps (and the
-    lr schedule's horizon) are re-sized after every epoch and at every progress line from the speed just
-    measured, so that training ends on time even when the machine gets slower or faster. An exception from
-    `on_epoch` propagates unchanged; the checkpoint then holds that epoch."""
+    cost ~8% of a short run. With a `budget`, the remaining steps (and the lr schedule's horizon) are re-sized
+    after every epoch and at every progress line from the speed just measured, so that training ends on time
+    even when the machine gets slower or faster. An exception from `on_epoch` propagates unchanged; the
+    checkpoint then holds that epoch."""
     device = pick_device()
     precision = _setup(config, device, logger)
     if len(data.val_labels) == 0:
