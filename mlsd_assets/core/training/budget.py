@@ -18,7 +18,6 @@ from mlsd_assets.core.training.recipes import TrainConfig
 from mlsd_assets.core.training.steps import (
     conv_weight_grad,
     evaluate,
-    low_res_steps,
     make_optimizers,
     on_device,
     pick_device,
@@ -51,29 +50,36 @@ class Throughput:
     def record(self) -> dict[str, Any]:
         return {f"probe.{k}": v for k, v in dataclasses.asdict(self).items()}
 
-    def step_costs(self, low_res_fraction: float, validate_every_epoch: bool = False) -> StepCosts:
-        """What a run's steps cost at the prices this probe measured, with `low_res_fraction` of them small."""
-        return StepCosts(low_res_fraction, self.low_res_cost, validate_every_epoch)
-
 
 @dataclass(frozen=True)
 class StepCosts:
-    """What steps cost in full-size steps: with progressive resizing the first `low_res_fraction` of a run's
-    steps are cheaper (`low_res_cost` each), so the steps that fit a budget depend on the run's length; and
-    those epochs are not validated unless `validate_every_epoch` (as `train(validate_every_epoch=...)`)."""
+    """What a run's steps cost in full-size steps, and which epochs it validates: the one rule that both the
+    training loop and the budget's estimates follow. With progressive resizing the first `low_res_fraction` of
+    a run's steps are cheaper (`low_res_cost` each), so the steps that fit a budget depend on the run's length,
+    and an epoch that ends at low resolution is not validated unless `validate_every_epoch`. Once training
+    reaches full size, `low_res_until` freezes that step: a horizon re-sized later neither sends the run back
+    to low resolution nor changes which epochs are validated."""
 
     low_res_fraction: float = 0.0
     low_res_cost: float = 1.0
     validate_every_epoch: bool = False
+    low_res_until: int | None = None
+
+    def low_res_steps(self, total: int) -> int:
+        """How many of the first steps of a run `total` steps long are (or were) at low resolution: never the
+        last one, the model is served at 32 px."""
+        if self.low_res_until is not None:
+            return self.low_res_until
+        return min(math.ceil(self.low_res_fraction * total), max(total - 1, 0))
 
     def span(self, start: int, stop: int, total: int) -> float:
         """Steps `start`..`stop - 1` of a run `total` steps long, in full-size step equivalents."""
-        low = max(0, min(stop, low_res_steps(self.low_res_fraction, total)) - start)
+        low = max(0, min(stop, self.low_res_steps(total)) - start)
         return low * self.low_res_cost + max(0, stop - start - low)
 
     def validates(self, epoch: int, total: int, steps_per_epoch: int) -> bool:
-        """Whether training validates `epoch` (0-based) of a run `total` steps long: one that ends at full size."""
-        low = 0 if self.validate_every_epoch else low_res_steps(self.low_res_fraction, total)
+        """Whether `epoch` (0-based) of a run `total` steps long is validated: one that ends at full size."""
+        low = 0 if self.validate_every_epoch else self.low_res_steps(total)
         return min((epoch + 1) * steps_per_epoch, total) > low
 
     def validation_passes(self, start: int, total: int, steps_per_epoch: int) -> int:
@@ -178,7 +184,7 @@ def plan_budget(
     step_s = batch_size / throughput.train_images_per_second
     eval_s = val_count / throughput.eval_images_per_second
     available = budget_seconds * (1 - BUDGET_RESERVE) - throughput.seconds
-    costs = throughput.step_costs(low_res_fraction, validate_every_epoch)
+    costs = StepCosts(low_res_fraction, throughput.low_res_cost, validate_every_epoch)
     steps = steps_that_fit(available, step_s, eval_s, steps_per_epoch, costs=costs)
     epochs = math.ceil(steps / steps_per_epoch)
     return BudgetPlan(
@@ -207,7 +213,7 @@ def size_to_budget(
     train_count, val_count = len(data.train_labels), len(data.val_labels)
     plan = plan_budget(seconds, probe, train_count, val_count, config.batch_size, config.low_res_fraction)
     budget.eval_seconds_hint = val_count / probe.eval_images_per_second
-    budget.costs = probe.step_costs(config.low_res_fraction)
+    budget.low_res_cost = probe.low_res_cost
     logger.info(
         f"time budget {seconds / 60:.1f} min: {plan.steps} steps ({plan.steps / plan.steps_per_epoch:.2f}"
         f" epochs), estimated {plan.expected_seconds:.0f}s"
@@ -243,21 +249,24 @@ def steps_that_fit(
 
 @dataclass
 class TimeBudget:
-    """A deadline for a running training: `seconds` from `started` (by default, when this is made), less
-    the reserve. `eval_seconds_hint` stands for a validation pass until training has timed one."""
+    """A deadline for a running training: `seconds` from `started` (by default, when this is made), less the
+    reserve; and the prices the probe measured, which training starts from: `eval_seconds_hint` stands for a
+    validation pass until training has timed one, `low_res_cost` is a low-resolution step's price."""
 
     seconds: float
     eval_seconds_hint: float = 0.0
-    costs: StepCosts = StepCosts()
+    low_res_cost: float = 1.0
     started: float = field(default_factory=time.perf_counter)
 
     def left(self) -> float:
         return self.seconds * (1 - BUDGET_RESERVE) - (time.perf_counter() - self.started)
 
-    def total_steps(self, done: int, step_seconds: float, eval_seconds: float, steps_per_epoch: int) -> int:
+    def total_steps(
+        self, done: int, step_seconds: float, eval_seconds: float, steps_per_epoch: int, costs: StepCosts
+    ) -> int:
         """`done` steps plus as many as still fit, at the speeds just measured (`step_seconds` per full-size
-        step): none once the budget is spent (a floor of one more step would extend a run forever when every
-        step outlasts a progress window)."""
+        step, the rest priced by the run's `costs`): none once the budget is spent (a floor of one more step
+        would extend a run forever when every step outlasts a progress window)."""
         eval_s = eval_seconds or self.eval_seconds_hint
         left = self.left()
-        return done + steps_that_fit(left, step_seconds, eval_s, steps_per_epoch, 0, done=done, costs=self.costs)
+        return done + steps_that_fit(left, step_seconds, eval_s, steps_per_epoch, 0, done=done, costs=costs)

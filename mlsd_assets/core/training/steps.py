@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -99,17 +98,6 @@ def lr_factor(config: TrainConfig, step: int, total: int) -> float:
         return 1.0 - step / total
     peak = config.warmup_fraction * total
     return float(np.interp(step, [0, peak, total], [config.lr_start, 1.0, config.lr_end]))
-
-
-def low_res_steps(fraction: float, total: int) -> int:
-    """Progressive resizing: how many of a run's first `total` steps train at low resolution (never the last
-    one: the model is served at 32 px)."""
-    return min(math.ceil(fraction * total), max(total - 1, 0))
-
-
-def input_size(config: TrainConfig, step: int, total: int) -> int:
-    """The side in px that `step` of `total` trains at (32: the images as they are)."""
-    return config.low_res_size if step < low_res_steps(config.low_res_fraction, total) else 32
 
 
 def prepare_model(

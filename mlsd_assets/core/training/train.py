@@ -23,7 +23,6 @@ from mlsd_assets.core.training.models import AirbenchNet, InferenceModel, build_
 from mlsd_assets.core.training.recipes import TrainConfig
 from mlsd_assets.core.training.steps import (
     evaluate,
-    input_size,
     lr_factor,
     make_optimizers,
     on_device,
@@ -135,12 +134,12 @@ def train(
     batches = train_batches(config, data.train_images, data.train_labels)
     optimizers = make_optimizers(model.net, config)
     lookahead = Lookahead(model.net) if config.lookahead else None
-    run = RunState(config, model, optimizers, lookahead, len(batches), checkpoint_dir, dict(checkpoint_extra or {}))
+    # the run's steps and validation passes, priced as the budget's probe measured them
+    costs = StepCosts(config.low_res_fraction, budget.low_res_cost if budget else 1.0, validate_every_epoch)
+    run = RunState(config, model, optimizers, lookahead, len(batches), costs, checkpoint_dir, checkpoint_extra or {})
     run.resume(logger)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    costs = budget.costs if budget is not None else StepCosts()  # the budget prices low-resolution steps
-    progress = _Progress(logger, progress_every, run, costs)
-    full_size = False  # once at full size, stay there: a re-sized horizon must not send the run back
+    progress = _Progress(logger, progress_every, run)
     while run.epoch < run.epochs:  # a time budget may change `epochs` as training goes
         started = time.perf_counter()
         if isinstance(model.net, AirbenchNet):
@@ -152,20 +151,20 @@ def train(
             if step >= run.total_steps:
                 break
             set_lr(optimizers, lr_factor(config, step, run.total_steps))
-            size = 32 if full_size else input_size(config, step, run.total_steps)
-            full_size = size == 32
-            loss, logits = train_step(model, optimizers, loss_fn, x, y, precision, size)
+            loss, logits = train_step(model, optimizers, loss_fn, x, y, precision, run.input_size(step))
             if lookahead is not None and (step + 1) % Lookahead.every == 0:
                 lookahead.step(model.net, lookahead_decay(step + 1, run.total_steps))
             meter.add(i, loss, logits, y)
             rate = progress.step(i, step, len(y), float(loss))
             if budget is not None and rate:  # re-size within the epoch too, from the last window's speed
-                run.total_steps = budget.total_steps(step + 1, 1 / rate, progress.eval_seconds, run.steps_per_epoch)
+                run.total_steps = budget.total_steps(
+                    step + 1, 1 / rate, progress.eval_seconds, run.steps_per_epoch, run.costs
+                )
         if lookahead is not None and run.epoch + 1 == run.epochs:
             lookahead.step(model.net, 1.0)  # finish on the slow (averaged) weights
         train_seconds = time.perf_counter() - started
         val = None
-        if full_size or validate_every_epoch or run.epoch + 1 >= run.epochs:
+        if run.costs.validates(run.epoch, run.total_steps, run.steps_per_epoch):
             val = evaluate(
                 model, data.val_images, data.val_labels, config.eval_batch_size, precision, config.label_smoothing
             )
@@ -229,8 +228,9 @@ def lookahead_decay(step: int, total: int) -> float:
 
 
 class RunState:
-    """A run's bookkeeping beside the loop: where it stands (epochs done, the step horizon), its history and
-    best epoch; saved to `checkpoint_dir` after every epoch and restored from it on resume."""
+    """A run's bookkeeping beside the loop: where it stands (epochs done, the step horizon, its `costs`: the
+    low-resolution phase and which epochs are validated), its history and best epoch; saved to `checkpoint_dir`
+    after every epoch and restored from it on resume."""
 
     def __init__(
         self,
@@ -239,11 +239,13 @@ class RunState:
         optimizers: list[torch.optim.Optimizer],
         lookahead: Lookahead | None,
         steps_per_epoch: int,
+        costs: StepCosts,
         checkpoint_dir: Path | None,
         extra: dict[str, Any],
     ) -> None:
         self.config, self.model, self.optimizers, self.lookahead = config, model, optimizers, lookahead
-        self.steps_per_epoch, self.checkpoint_dir, self.extra = steps_per_epoch, checkpoint_dir, extra
+        self.steps_per_epoch, self.costs = steps_per_epoch, costs
+        self.checkpoint_dir, self.extra = checkpoint_dir, dict(extra)
         self.total_steps = total_steps(config, steps_per_epoch)
         self.epoch = 0  # epochs finished
         self.resumed_from_epoch = 0
@@ -253,6 +255,15 @@ class RunState:
     @property
     def epochs(self) -> int:
         return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    def input_size(self, step: int) -> int:
+        """The side in px that `step` trains at; the first step at full size freezes the low-resolution phase
+        (`costs.low_res_until`), so that a horizon re-sized later does not send the run back."""
+        if step < self.costs.low_res_steps(self.total_steps):
+            return self.config.low_res_size
+        if self.costs.low_res_until is None:
+            self.costs = dataclasses.replace(self.costs, low_res_until=step)
+        return 32
 
     def resume(self, logger: logging.Logger) -> None:
         """Continue after the checkpoint's epoch, if `checkpoint_dir` holds one of this config."""
@@ -271,6 +282,7 @@ class RunState:
         self.best = state["best"]
         self.epoch = self.resumed_from_epoch = state["epoch"]
         self.total_steps = state.get("total_steps", self.total_steps)
+        self.costs = dataclasses.replace(self.costs, low_res_until=state.get("low_res_until"))
         self.extra = {**state.get("extra", {}), **self.extra}
         logger.info(f"resuming from checkpoint {self.checkpoint_dir} after epoch {self.epoch}/{self.epochs}")
 
@@ -314,9 +326,9 @@ class RunState:
         done = (self.epoch + 1) * self.steps_per_epoch
         if budget is not None and done < self.total_steps:
             first = self.epoch * self.steps_per_epoch
-            ran = budget.costs.span(first, first + meter.seen // self.config.batch_size, self.total_steps)
+            ran = self.costs.span(first, first + meter.seen // self.config.batch_size, self.total_steps)
             step_s = stats.train_seconds / max(ran, 1)  # per full-size step
-            self.total_steps = budget.total_steps(done, step_s, eval_s, self.steps_per_epoch)
+            self.total_steps = budget.total_steps(done, step_s, eval_s, self.steps_per_epoch, self.costs)
             logger.info(
                 f"time budget: {budget.left():.0f}s left, re-sized to {self.total_steps} steps ({self.epochs} epochs)"
             )
@@ -331,6 +343,7 @@ class RunState:
                     "config": self.config.hyperparameters(),
                     "epoch": self.epoch,
                     "total_steps": self.total_steps,
+                    "low_res_until": self.costs.low_res_until,
                     "model": self.model.state_dict(),
                     "optimizers": [opt.state_dict() for opt in self.optimizers],
                     "lookahead": self.lookahead.ema if self.lookahead else None,
@@ -378,23 +391,23 @@ def total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
 class _Progress:
     """A log line at least every `every` seconds: step, images/s over the window, ETA of the epoch and run."""
 
-    def __init__(self, logger: logging.Logger, every: float, run: RunState, costs: StepCosts) -> None:
-        self.logger, self.every, self.run, self.costs = logger, every, run, costs
+    def __init__(self, logger: logging.Logger, every: float, run: RunState) -> None:
+        self.logger, self.every, self.run = logger, every, run
         self.last_time, self.last_step, self.eval_seconds = time.perf_counter(), 0, 0.0
 
     def step(self, i: int, step: int, batch: int, loss: float) -> float | None:
         """Logs when `every` seconds have passed; returns that window's speed in full-size steps/s (low-resolution
-        ones priced by `costs`), None when it did not log."""
+        ones priced by the run's costs), None when it did not log."""
         now = time.perf_counter()
         if now - self.last_time < self.every:
             return None
-        run, seconds, total = self.run, now - self.last_time, self.run.total_steps
-        rate = self.costs.span(self.last_step, step + 1, total) / seconds
+        run, seconds, total, costs = self.run, now - self.last_time, self.run.total_steps, self.run.costs
+        rate = costs.span(self.last_step, step + 1, total) / seconds
         epoch_end = min((run.epoch + 1) * run.steps_per_epoch, total)
-        evals_left = self.costs.validation_passes(step, total, run.steps_per_epoch)  # from this epoch's on
-        epoch_eta = self.costs.span(step + 1, epoch_end, total) / rate
-        epoch_eta += self.eval_seconds if self.costs.validates(run.epoch, total, run.steps_per_epoch) else 0.0
-        run_eta = self.costs.span(step + 1, total, total) / rate + evals_left * self.eval_seconds
+        evals_left = costs.validation_passes(step, total, run.steps_per_epoch)  # from this epoch's on
+        epoch_eta = costs.span(step + 1, epoch_end, total) / rate
+        epoch_eta += self.eval_seconds if costs.validates(run.epoch, total, run.steps_per_epoch) else 0.0
+        run_eta = costs.span(step + 1, total, total) / rate + evals_left * self.eval_seconds
         self.logger.info(
             f"epoch {run.epoch + 1}/{run.epochs} step {i + 1}/{epoch_end - run.epoch * run.steps_per_epoch}"
             f" (run {step + 1}/{total}): loss {loss:.4f}, {(step + 1 - self.last_step) * batch / seconds:.0f}"

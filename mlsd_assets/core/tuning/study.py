@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import optuna
 
     from mlsd_assets.core.data.splits import Cifar10Split
-    from mlsd_assets.core.training.budget import StepCosts, Throughput
+    from mlsd_assets.core.training.budget import Throughput
     from mlsd_assets.core.training.recipes import TrainConfig
     from mlsd_assets.core.training.train import EpochStats, TrainData
 
@@ -268,7 +268,7 @@ class _Objective:
         params = self.space.suggest(trial)
         self.hooks.started(trial.number, params)
         started = time.monotonic()
-        config, budget_s, eval_hint, costs = self._sized(apply(self.base, params), started)
+        config, budget_s, eval_hint, low_res_cost = self._sized(apply(self.base, params), started)
         last_step = 0
 
         def report(stats: EpochStats) -> None:
@@ -283,7 +283,7 @@ class _Objective:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"validation accuracy {stats.val_accuracy:.4f} at step {step}")
 
-        budget = TimeBudget(budget_s - (time.monotonic() - started), eval_hint, costs) if budget_s else None
+        budget = TimeBudget(budget_s - (time.monotonic() - started), eval_hint, low_res_cost) if budget_s else None
         result = train(
             self.data.arrays,
             config,
@@ -298,14 +298,14 @@ class _Objective:
         trial.set_user_attr("train_seconds", round(result.train_seconds, 1))
         return float(result.validation["accuracy"])
 
-    def _sized(self, config: TrainConfig, started: float) -> tuple[TrainConfig, float | None, float, StepCosts]:
+    def _sized(self, config: TrainConfig, started: float) -> tuple[TrainConfig, float | None, float, float]:
         """The trial's config sized to its budget (a probe per net shape, reused), the budget, the probe's
-        estimate of one validation pass and its price of low-resolution steps; with `trial_epochs`, that many
+        estimate of one validation pass and its price of a low-resolution step; with `trial_epochs`, that many
         epochs and no budget."""
-        from mlsd_assets.core.training.budget import StepCosts, budgeted, measure_throughput, plan_budget
+        from mlsd_assets.core.training.budget import budgeted, measure_throughput, plan_budget
 
         if self.settings.trial_budget_s is None:
-            return dataclasses.replace(config, epochs=int(self.settings.trial_epochs or 1)), None, 0.0, StepCosts()
+            return dataclasses.replace(config, epochs=int(self.settings.trial_epochs or 1)), None, 0.0, 1.0
         d = self.data.arrays
         shape = (config.architecture, config.widths, config.batch_size, config.precision, config.threads)
         shape += (config.low_res_fraction > 0, config.low_res_size)
@@ -319,7 +319,7 @@ class _Objective:
             budget_s, probe, train_count, val_count, config.batch_size, fraction, validate_every_epoch=True
         )
         eval_s = val_count / probe.eval_images_per_second
-        return budgeted(config, plan), budget_s, eval_s, probe.step_costs(fraction, validate_every_epoch=True)
+        return budgeted(config, plan), budget_s, eval_s, probe.low_res_cost
 
 
 def result_of(study: optuna.Study, dataset_hash: str, settings: StudySettings, skipped: bool) -> TuningResult:

@@ -151,9 +151,11 @@ def test_progressive_resizing_trains_the_first_steps_small_then_the_rest_at_full
     class Growing:
         """A budget that, ten steps in, finds time for 40: the low-resolution phase's end moves to step 20."""
 
-        costs = StepCosts(0.5, 0.8)
+        low_res_cost = 0.8
+        costs: list[StepCosts] = []  # what training priced its steps by at each re-size
 
-        def total_steps(self, done: int, *_: object) -> int:
+        def total_steps(self, done: int, *args: object) -> int:
+            self.costs.append(args[-1])  # type: ignore[arg-type]
             return 40 if done >= 10 else 16
 
         def left(self) -> float:
@@ -162,6 +164,10 @@ def test_progressive_resizing_trains_the_first_steps_small_then_the_rest_at_full
     sizes.clear()
     grown = train(TrainData.from_split(split), config, LOG, budget=Growing(), progress_every=0.0)  # type: ignore[arg-type]
     assert grown.steps == 40 and sizes == [28] * 8 + [32] * 32  # once at full size, never back to 28
+    # the loop and the budget follow one rule: epochs 2-5 end at full size, so they are validated and priced
+    validated = [h.val_accuracy is not None for h in grown.history]
+    assert validated == [False, True, True, True, True]
+    assert Growing.costs[-1].low_res_until == 8 and Growing.costs[-1].validation_passes(0, 40, 8) == 4
 
 
 def test_epochs_that_end_at_low_resolution_are_not_validated_unless_asked(split) -> None:  # type: ignore[no-untyped-def]
