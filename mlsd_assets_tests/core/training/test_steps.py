@@ -1,11 +1,34 @@
-"""airbench94's test-time augmentation levels on a small untrained net: what each level averages."""
+"""What a step runs in (the precision `auto` picks per CPU) and airbench94's test-time augmentation levels."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from mlsd_assets.core.training.models import InferenceModel, build_model
-from mlsd_assets.core.training.steps import tta_logits
+from mlsd_assets.core.training.steps import resolve_precision, tta_logits
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "onednn_bf16", "expected"),
+    [
+        (False, False, True, "fp32"),  # an Ice Lake: oneDNN reports bf16 but emulates it (2.6x slower than fp32)
+        (True, False, True, "bf16"),  # a Zen 4/5
+        (False, True, True, "bf16"),  # a Sapphire Rapids
+        (True, False, False, "fp32"),  # a build without oneDNN's bf16
+        (False, False, False, "fp32"),  # a Zen 3 (AVX2)
+    ],
+)
+def test_auto_precision_is_bf16_only_on_cpus_with_bf16_instructions(
+    monkeypatch: pytest.MonkeyPatch, avx512_bf16: bool, amx: bool, onednn_bf16: bool, expected: str
+) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn_bf16)
+    assert resolve_precision("auto", CPU) == expected
+    assert resolve_precision("bf16", CPU) == "bf16" and resolve_precision("fp32", CPU) == "fp32"  # asked: as asked
 
 
 def _model(flip_tta: bool) -> InferenceModel:
