@@ -49,9 +49,11 @@ def test_train_throughput_prints_each_variant_beside_the_first(tmp_path: Path) -
     data = write_cifar_python_tarball(tmp_path, per_batch=40)
     stdout = run_benchmark(
         "train_throughput.py",
-        *("--data", str(data), "--cache", str(tmp_path / "cache"), "--rounds", "1"),
+        *("--data", str(data), "--cache", str(tmp_path / "cache"), "--rounds", "2"),
         *("--variant", "auto:", "--variant", "fp32-1thread:precision=fp32,threads=1"),
     )
+    order = re.findall(r"^round (\d) (\S+) ", stdout, re.M)
+    assert order == [("1", "auto"), ("1", "fp32-1thread"), ("2", "fp32-1thread"), ("2", "auto")], stdout  # rotated
     rows = re.findall(r"^(auto|fp32-1thread) +(bf16|fp32) +median +(\d+) img/s +ratio +([\d.]+)$", stdout, re.M)
     assert [name for name, *_ in rows] == ["auto", "fp32-1thread"], stdout
     assert rows[0][3] == "1.00" and rows[1][1] == "fp32", stdout
