@@ -5,7 +5,7 @@
 
 Each round measures every variant once with the time-budget probe (one warm-up and three timed real training
 steps of the default recipe on real images, plus a validation batch), starting one variant further on each round:
-on an Ice Lake the first variant of every round read ~10% low, whichever it was, so the order must not favour one.
+on an Ice Lake the first variant of a round sometimes read 10-15% low, so the order must not favour one.
 The table gives the median images/s per variant and its ratio to the first variant, with the CPU model and flags.
 Rounds that are a multiple of the variant count put every variant first equally often.
 """
