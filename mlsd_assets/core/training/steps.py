@@ -36,9 +36,14 @@ def bf16_is_fast(device: torch.device) -> bool:
     emulates bf16: on an Ice Lake (AVX-512, no AVX512-BF16) a training step ran 2.6x slower than in fp32."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    # torch's checks (private, hence getattr); AMX's also asks the kernel for the tile state
-    native = any(getattr(torch.cpu, f"_is_{isa}_supported", lambda: False)() for isa in ("avx512_bf16", "amx_tile"))
+    native = cpu_supports("avx512_bf16") or cpu_supports("amx_tile")
     return native and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def cpu_supports(isa: str) -> bool:
+    """torch's own check for an instruction set (`avx512_bf16`, `amx_tile`, ...; private, hence getattr: False
+    where this torch lacks it); AMX's also asks the kernel for the tile state, which /proc/cpuinfo does not."""
+    return bool(getattr(torch.cpu, f"_is_{isa}_supported", lambda: False)())
 
 
 def conv_weight_grad(choice: WeightGrad, precision: str, device: torch.device) -> str:
@@ -46,8 +51,7 @@ def conv_weight_grad(choice: WeightGrad, precision: str, device: torch.device) -
     on an AMX CPU (where oneDNN's kernel was slow) and oneDNN's kernel everywhere else (faster without AMX)."""
     if choice != "auto":
         return choice
-    # torch's check (private, hence getattr) also asks the kernel for AMX state, which /proc/cpuinfo does not
-    amx = device.type == "cpu" and getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    amx = device.type == "cpu" and cpu_supports("amx_tile")
     return "matmul" if amx and precision == "bf16" else "onednn"
 
 
