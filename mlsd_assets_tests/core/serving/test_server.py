@@ -487,6 +487,49 @@ def test_the_command_line_opens_the_one_thread_session_only_for_workers(
     assert (app.batcher._run_single is not None) == (workers > 1)
 
 
+@pytest.mark.parametrize(
+    ("one_thread_faster_up_to", "expected", "timed"),
+    [
+        (0, 0, [1]),
+        (1, 1, [1, 2]),
+        (3, 2, [1, 2, 4]),
+        (16, 16, [1, 2, 4, 8, 16]),
+        (64, 16, [1, 2, 4, 8, 16]),
+    ],
+)
+def test_one_thread_takes_the_batch_sizes_it_was_timed_faster_at(
+    one_thread_faster_up_to: int, expected: int, timed: list[int]
+):
+    """The crossover is the last size of 1, 2, 4, ... 16 at which one thread beat all of them by the margin:
+    timing stops at the first size where it did not (a larger batch only gains from more threads) and never goes
+    past `max_images`."""
+    from mlsd_assets.core.serving.server.model import one_thread_crossover
+
+    sizes: list[int] = []
+
+    def time_sessions(images: int) -> tuple[float, float]:
+        sizes.append(images)
+        return 1.0, (0.9 if images <= one_thread_faster_up_to else 0.97)  # 3% faster: within the margin
+
+    assert one_thread_crossover(time_sessions, max_images=16, margin=0.05) == expected
+    assert sizes == timed
+
+
+def test_logits_are_the_same_on_either_session(tiny_model: Path, monkeypatch: pytest.MonkeyPatch):
+    """Whichever session `logits` picks for a batch size, the answer is the model's; a predictor on one
+    intra-op thread has nothing to choose and times nothing."""
+    predictor = Predictor(tiny_model, intra_op_threads=2)
+    assert predictor.one_thread_up_to in (0, 1, 2, 4, 8, 16)
+    images = np.random.default_rng(3).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    name = predictor.contract.input_name
+    expected = predictor.session.run(None, {name: images})[0]
+    for up_to in (0, 16):
+        predictor.one_thread_up_to = up_to
+        np.testing.assert_allclose(predictor.logits(images), expected, rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(Predictor, "_time_sessions", lambda self, n: pytest.fail("timed a one-thread predictor"))
+    assert Predictor(tiny_model, intra_op_threads=1).one_thread_up_to == 0
+
+
 def test_the_answer_is_sent_before_the_request_is_measured(tiny_model: Path, monkeypatch: pytest.MonkeyPatch):
     """uvloop writes a response at the end of the loop iteration that sent it: the metrics of an infer request
     are recorded in a later iteration, so the client's bytes never wait for them."""

@@ -62,13 +62,14 @@ def main(argv: list[str] | None = None) -> None:
         {"max_head_bytes": args.max_head_bytes, "head_timeout_s": args.head_timeout_s},
     )
     logging.getLogger("mlsd_server").info(
-        "serving %s (%s version %r) on %s:%d, %s",
+        "serving %s (%s version %r) on %s:%d, %s; batches of up to %d images on one ORT thread (faster here)",
         args.model,
         predictor.contract.name,
         predictor.contract.version,
         args.host,
         args.port,
         batching,
+        predictor.one_thread_up_to,
     )
     uvicorn.run(
         app,

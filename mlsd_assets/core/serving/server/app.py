@@ -130,7 +130,11 @@ def _model_metadata(predictor: Predictor, limits: Limits, batching: BatchingConf
                 "max_queue_delay_us": batching.max_queue_delay_us,
                 "workers": workers,
             },
-            "runtime": {"onnxruntime": ort.__version__, "providers": predictor.session.get_providers()},
+            "runtime": {
+                "onnxruntime": ort.__version__,
+                "providers": predictor.session.get_providers(),
+                "one_thread_up_to_images": getattr(predictor, "one_thread_up_to", 0),
+            },
         },
     }
     return json.dumps(body).encode()

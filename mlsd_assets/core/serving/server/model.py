@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import statistics
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,7 +127,12 @@ class Predictor:
     """The model in ORT sessions (`inference_session`): `logits` on `intra_op_threads` (a request alone, or
     every batch when the batcher has one worker), and with `one_thread` a second session for
     `one_thread_logits` (the batcher's workers, each running a batch of its own; ORT sessions take concurrent
-    calls). A server with one worker never calls the latter, so it does not open that session."""
+    calls). A server with one worker never calls the latter, so it does not open that session.
+
+    Small batches of a small graph can lose more to waking ORT's other threads than they gain from them (int8
+    on an Ice Lake: 1 image 0.47 ms on one thread, 0.52 on two; the fp32 TTA graph 1.66 against 1.36), so at
+    start-up the two sessions are timed on this CPU and graph, and `logits` sends batches of up to
+    `one_thread_up_to` images to the one-thread session (`one_thread_crossover`)."""
 
     def __init__(
         self, model_path: Path, intra_op_threads: int = 0, spinning: bool = False, one_thread: bool = True
@@ -132,15 +141,47 @@ class Predictor:
         self.one_thread = inference_session(model_path, 1) if one_thread else None
         self.contract = ModelContract.from_session(model_path, self.session)
         self._outputs = [self.contract.output_name]
+        self.one_thread_up_to = 0
         # Warm up before /v2/health/ready says ok, so the first client does not pay for lazy initialisation.
         self.logits(np.zeros((1, *self.contract.image_shape), dtype=np.uint8))
         if self.one_thread is not None:
             self.one_thread_logits(np.zeros((1, *self.contract.image_shape), dtype=np.uint8))
+            threads = intra_op_threads or len(os.sched_getaffinity(0))
+            if threads > 1:
+                self.one_thread_up_to = one_thread_crossover(self._time_sessions)
 
     def logits(self, images: np.ndarray) -> np.ndarray:
-        return self.session.run(self._outputs, {self.contract.input_name: images})[0]
+        session = self.one_thread if len(images) <= self.one_thread_up_to else self.session
+        return session.run(self._outputs, {self.contract.input_name: images})[0]  # type: ignore[union-attr]
 
     def one_thread_logits(self, images: np.ndarray) -> np.ndarray:
         if self.one_thread is None:
             raise RuntimeError("this Predictor was opened without its one-thread session (one_thread=False)")
         return self.one_thread.run(self._outputs, {self.contract.input_name: images})[0]
+
+    def _time_sessions(self, images: int, calls: int = 15) -> tuple[float, float]:
+        """Median seconds of one call on `images` images: (all intra-op threads, one thread), called in turns."""
+        feed = {self.contract.input_name: np.zeros((images, *self.contract.image_shape), dtype=np.uint8)}
+        seconds: tuple[list[float], list[float]] = ([], [])
+        for i in range(calls + 2):  # the first call of each size warms it up, in both orders
+            for which in (0, 1) if i % 2 else (1, 0):
+                start = time.perf_counter()
+                (self.session, self.one_thread)[which].run(self._outputs, feed)  # type: ignore[union-attr]
+                if i >= 2:
+                    seconds[which].append(time.perf_counter() - start)
+        return statistics.median(seconds[0]), statistics.median(seconds[1])
+
+
+def one_thread_crossover(
+    time_sessions: Callable[[int], tuple[float, float]], max_images: int = 16, margin: float = 0.05
+) -> int:
+    """The largest of 1, 2, 4, ... `max_images` images up to which one thread was faster than all of them by
+    `margin` at every size timed (`time_sessions(n)` -> (all threads s, one thread s)); 0 when it is not for
+    one image. Within the margin the timings are noise (two start-ups of one server can disagree there)."""
+    faster_up_to, images = 0, 1
+    while images <= max_images:
+        all_threads, one = time_sessions(images)
+        if one > all_threads * (1 - margin):
+            break
+        faster_up_to, images = images, images * 2
+    return faster_up_to
