@@ -467,6 +467,33 @@ def test_workers_run_batches_side_by_side_and_each_request_gets_its_own_rows():
     assert peak[0] == 2 and all(name.startswith("mlsd-ort") for name in threads), (peak, threads)
 
 
+def test_a_slow_chunk_does_not_hold_the_other_worker_idle():
+    """The chunks of a big request keep both workers busy: while the first chunk is slow, the other worker
+    runs all the others (queued one by one as each is answered), and the rows still come back in order."""
+    import threading
+
+    events: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    def run_single(images: np.ndarray) -> np.ndarray:
+        first = int(images[0, 0, 0, 0])
+        with lock:
+            events.append(("start", first))
+        time.sleep(0.3 if first == 0 else 0.01)
+        with lock:
+            events.append(("end", first))
+        return images.reshape(len(images), -1)[:, :1].astype(np.float32)
+
+    async def scenario() -> np.ndarray:
+        batcher = Batcher(lambda x: x, BatchingConfig(max_batch_size=4, workers=2), lambda *a: None, run_single)
+        return await batcher.infer(np.arange(20, dtype=np.uint8).reshape(20, 1, 1, 1))
+
+    rows = asyncio.run(scenario())
+    assert rows[:, 0].tolist() == list(range(20))
+    slow_end = events.index(("end", 0))
+    assert {first for kind, first in events[:slow_end] if kind == "end"} == {4, 8, 12, 16}, events
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_the_command_line_opens_the_one_thread_session_only_for_workers(
     tiny_model: Path, monkeypatch: pytest.MonkeyPatch, workers: int

@@ -2,7 +2,8 @@
 
 Batches form on the event loop: a request does not run the model when it is parsed; it queues, and the queue is
 drained by a callback scheduled behind every request the loop has already read (or after `max_queue_delay_us`).
-A request larger than `max_batch_size` is cut into chunks queued a few at a time, so health checks and small
+A request larger than `max_batch_size` is cut into chunks, as many queued at a time as there are workers (the
+next as soon as one is answered: a slow chunk does not hold the other worker idle), so health checks and small
 requests are answered between the chunks of a 1024-image batch instead of after all of it.
 
 Where a batch runs: with `workers` > 1 (default: one per core) each batch goes to a worker thread that runs a
@@ -92,12 +93,13 @@ class Batcher:
                 raise
         if len(images) <= size:
             return await self._submit(images)
-        chunks = [images[lo : lo + size] for lo in range(0, len(images), size)]
-        step = self.workers if self._pool else 1
-        parts = []
-        for first in range(0, len(chunks), step):
-            parts += await asyncio.gather(*(self._submit(c) for c in chunks[first : first + step]))
-        return np.concatenate(parts)
+        slots = asyncio.Semaphore(self.workers if self._pool else 1)  # chunks of this request queued at once
+
+        async def chunk(lo: int) -> np.ndarray:
+            async with slots:  # the next chunk queues as soon as one is answered, not when a round is
+                return await self._submit(images[lo : lo + size])
+
+        return np.concatenate(await asyncio.gather(*(chunk(lo) for lo in range(0, len(images), size))))
 
     def _submit(self, images: np.ndarray) -> asyncio.Future:
         loop = asyncio.get_running_loop()
