@@ -115,8 +115,8 @@ def measure_throughput(
     throwaway copy of the model, with progressive resizing one fewer (at least one) at its low resolution too,
     and one validation batch; the loader, precision, threads and memory layout are the ones training will use.
     One timed step per size is the default: training re-sizes its horizon from its own speed at the first
-    progress line, so a longer probe bought little (on an Ice Lake, in a process that had probed before: 20-23 s
-    with three timed steps, 11-12 s with one; a first probe pays for oneDNN's set-up on top, 16 s in all)."""
+    progress line, so a longer probe bought little (on an Ice Lake, probes one after another in one process:
+    20-23 s with three timed steps, 11-12 s with one; 16 s for command 1's one, which also sets up oneDNN)."""
     start = time.perf_counter()
     device = device or pick_device()
     if config.threads > 0:
