@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         {"max_head_bytes": args.max_head_bytes, "head_timeout_s": args.head_timeout_s},
     )
     logging.getLogger("mlsd_server").info(
-        "serving %s (%s version %r) on %s:%d, %s; batches of up to %d images on one ORT thread (faster here)",
+        "serving %s (%s version %r) on %s:%d, %s; one ORT thread for up to %d images (0: none; timed faster)",
         args.model,
         predictor.contract.name,
         predictor.contract.version,

@@ -129,9 +129,9 @@ class Predictor:
     `one_thread_logits` (the batcher's workers, each running a batch of its own; ORT sessions take concurrent
     calls). A server with one worker never calls the latter, so it does not open that session.
 
-    Small batches of a small graph can lose more to waking ORT's other threads than they gain from them (int8
-    on an Ice Lake: 1 image 0.47 ms on one thread, 0.52 on two; the fp32 TTA graph 1.66 against 1.36), so at
-    start-up the two sessions are timed on this CPU and graph, and `logits` sends batches of up to
+    Small batches of a small graph can lose more to waking ORT's other threads than they gain from them (on an
+    Ice Lake, int8 without flip-TTA: 1 image 0.47 ms on one thread, 0.52 on two; fp32 with it: 1.66 against
+    1.36), so at start-up the two sessions are timed on this CPU and graph, and `logits` sends batches of up to
     `one_thread_up_to` images to the one-thread session (`one_thread_crossover`)."""
 
     def __init__(
