@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from mlsd_assets.core.platform.env_info import cpu_info
+from mlsd_assets.core.training.models import AirbenchNet
 from mlsd_assets.core.training.recipes import TrainConfig
 from mlsd_assets.core.training.steps import (
     conv_weight_grad,
@@ -46,6 +47,7 @@ class Throughput:
     cpu_model: str
     cpu_flags: str
     low_res_cost: float = 1.0  # a progressive-resizing step's time / a full-size one's (1.0: no such phase)
+    whiten_bias_cost: float = 1.0  # a step training the whitening bias / one with it frozen (1.0: never trained)
 
     def record(self) -> dict[str, Any]:
         return {f"probe.{k}": v for k, v in dataclasses.asdict(self).items()}
@@ -58,12 +60,16 @@ class StepCosts:
     a run's steps are cheaper (`low_res_cost` each), so the steps that fit a budget depend on the run's length,
     and an epoch that ends at low resolution is not validated unless `validate_every_epoch`. Once training
     reaches full size, `low_res_until` freezes that step: a horizon re-sized later neither sends the run back
-    to low resolution nor changes which epochs are validated."""
+    to low resolution nor changes which epochs are validated. The first `bias_steps` (airbench's whitening
+    bias trains for its first epochs) cost `bias_cost` times their size's price: that bias's gradient needs the
+    next conv's input gradient at full size (~1.4x a step's time on an Ice Lake)."""
 
     low_res_fraction: float = 0.0
     low_res_cost: float = 1.0
     validate_every_epoch: bool = False
     low_res_until: int | None = None
+    bias_steps: int = 0
+    bias_cost: float = 1.0
 
     def low_res_steps(self, total: int) -> int:
         """How many of the first steps of a run `total` steps long are (or were) at low resolution: never the
@@ -74,8 +80,14 @@ class StepCosts:
 
     def span(self, start: int, stop: int, total: int) -> float:
         """Steps `start`..`stop - 1` of a run `total` steps long, in full-size step equivalents."""
-        low = max(0, min(stop, self.low_res_steps(total)) - start)
-        return low * self.low_res_cost + max(0, stop - start - low)
+
+        def within(lo: int, hi: int) -> int:  # how many of steps start..stop-1 are in lo..hi-1
+            return max(0, min(stop, hi) - max(start, lo))
+
+        low_end = self.low_res_steps(total)
+        bias_low, bias_full = within(0, min(low_end, self.bias_steps)), within(low_end, self.bias_steps)
+        plain = within(0, low_end) * self.low_res_cost + within(low_end, stop)
+        return plain + (self.bias_cost - 1) * (bias_low * self.low_res_cost + bias_full)
 
     def validates(self, epoch: int, total: int, steps_per_epoch: int) -> bool:
         """Whether `epoch` (0-based) of a run `total` steps long is validated: one that ends at full size."""
@@ -111,12 +123,13 @@ def measure_throughput(
     device: torch.device | None = None,
     max_seconds: float = 15.0,
 ) -> Throughput:
-    """Time `steps` real training steps (fewer once `max_seconds` have passed; after one warm-up step) on a
-    throwaway copy of the model, with progressive resizing one fewer (at least one) at its low resolution too,
-    and one validation batch; the loader, precision, threads and memory layout are the ones training will use.
-    One timed step per size is the default: training re-sizes its horizon from its own speed at the first
-    progress line, so a longer probe bought little (on an Ice Lake, probes one after another in one process:
-    20-23 s with three timed steps, 11-12 s with one; 16 s for command 1's one, which also sets up oneDNN)."""
+    """Time `steps` real training steps at 32 px (fewer once `max_seconds` have passed; after one warm-up step)
+    on a throwaway copy of the model, and one fewer (at least one) of each kind of step the run starts with: at
+    its low resolution, and with the whitening bias trained, then frozen; and one validation batch. The loader,
+    precision, threads and memory layout are the ones training will use. One timed step per kind is the
+    default: training re-sizes its horizon from its own speed at the first progress line, so a longer probe
+    bought little (on an Ice Lake, probes one after another in one process: 20-23 s with three timed steps,
+    11-12 s with one; 16 s for command 1's one, which also sets up oneDNN)."""
     start = time.perf_counter()
     device = device or pick_device()
     if config.threads > 0:
@@ -129,21 +142,31 @@ def measure_throughput(
     batches = train_batches(config, data.train_images, data.train_labels)
     model.train()
 
-    def images_per_second(size: int, steps: int) -> float:
-        images, timed_from = 0, 0.0
-        for n in range(steps + 1):
+    def images_per_second(size: int, steps: int, warm: bool = True) -> float:
+        images, timed_from = 0, time.perf_counter()
+        for n in range(steps + warm):
             x, y = next(iter(on_device(batches.epoch(n), device)))
-            if n == 1:  # the first step warms caches and oneDNN primitives (per size): not timed
+            if warm and n == 1:  # the first step warms caches and oneDNN primitives (per size): not timed
                 timed_from = time.perf_counter()
             train_step(model, optimizers, loss_fn, x, y, precision, size)
-            images += len(y) if n else 0
-            if n and time.perf_counter() - timed_from >= max_seconds:
+            images += len(y) if n or not warm else 0
+            if images and time.perf_counter() - timed_from >= max_seconds:
                 break  # a slow machine: one timed step is enough, the budget is better spent training
         return images / (time.perf_counter() - timed_from)
 
-    train_ips = images_per_second(32, steps)
-    low_res = config.low_res_fraction > 0  # the cheaper steps' price, timed the same way (one fewer)
-    low_res_cost = train_ips / images_per_second(config.low_res_size, max(1, steps - 1)) if low_res else 1.0
+    # The prices of the run's three kinds of step: its first (whitening bias trained, at low resolution when
+    # the run starts there), the same size with the bias frozen, and a full-size one (bias frozen, as after
+    # the first epochs). One fewer timed step where two sizes are timed.
+    low_res = config.low_res_fraction > 0
+    first_size = config.low_res_size if low_res else 32
+    bias = isinstance(model.net, AirbenchNet) and config.whiten_bias_epochs > 0
+    bias_ips = images_per_second(first_size, max(1, steps - 1)) if bias else 0.0
+    if bias:
+        model.net.whiten.bias.requires_grad_(False)
+    frozen_ips = images_per_second(first_size, max(1, steps - 1), warm=not bias) if bias or low_res else 0.0
+    train_ips = images_per_second(32, steps) if low_res or not bias else frozen_ips
+    low_res_cost = train_ips / frozen_ips if low_res else 1.0
+    whiten_bias_cost = frozen_ips / bias_ips if bias else 1.0
     sample = data.val_images[: min(len(data.val_images), max(config.eval_batch_size, 1))]
     t_eval = time.perf_counter()
     evaluate(model, sample, np.zeros(len(sample), dtype=np.int64), config.eval_batch_size, precision)
@@ -159,8 +182,11 @@ def measure_throughput(
         cpu_model=cpu["cpu.model"],
         cpu_flags=cpu["cpu.flags"],
         low_res_cost=low_res_cost,
+        whiten_bias_cost=whiten_bias_cost,
     )
-    at_low_res = f" ({low_res_cost:.2f}x the time at {config.low_res_size} px)" if low_res else ""
+    at_low_res = f", {low_res_cost:.2f}x the time at {config.low_res_size} px" if low_res else ""
+    at_low_res += f", {whiten_bias_cost:.2f}x while the whitening bias trains" if bias else ""
+    at_low_res = f" ({at_low_res[2:]})" if at_low_res else ""
     logger.info(
         f"throughput probe: {train_ips:.0f} train img/s{at_low_res}, {eval_ips:.0f} validation img/s ({precision},"
         f" {result.threads} threads, {result.conv_weight_grad} conv weight gradient, {result.cpu_model};"
@@ -177,17 +203,21 @@ def plan_budget(
     batch_size: int,
     low_res_fraction: float = 0.0,
     validate_every_epoch: bool = False,
+    whiten_bias_epochs: int = 0,
 ) -> BudgetPlan:
-    """The most steps whose estimated time (probe already spent + steps + one validation pass per epoch that
-    ends at full size) fits the budget, less a small reserve. At least one step. Training re-sizes this after
-    every epoch from the speed it then measures (`train(budget=TimeBudget(...))`)."""
+    """The most steps whose estimated time (probe already spent + steps, each at its kind's price + one
+    validation pass per epoch that ends at full size) fits the budget, less a small reserve. At least one step.
+    Training re-sizes this after every epoch from the speed it then measures (`train(budget=TimeBudget(...))`)."""
     if budget_seconds <= 0:
         raise ValueError(f"time budget: must be > 0 seconds, got {budget_seconds}")
     steps_per_epoch = max(1, train_count // batch_size)  # as TrainBatches(drop_last=True) counts them
     step_s = batch_size / throughput.train_images_per_second
     eval_s = val_count / throughput.eval_images_per_second
     available = budget_seconds * (1 - BUDGET_RESERVE) - throughput.seconds
-    costs = StepCosts(low_res_fraction, throughput.low_res_cost, validate_every_epoch)
+    bias_steps = whiten_bias_epochs * steps_per_epoch
+    costs = StepCosts(
+        low_res_fraction, throughput.low_res_cost, validate_every_epoch, None, bias_steps, throughput.whiten_bias_cost
+    )
     steps = steps_that_fit(available, step_s, eval_s, steps_per_epoch, costs=costs)
     epochs = math.ceil(steps / steps_per_epoch)
     return BudgetPlan(
@@ -214,9 +244,17 @@ def size_to_budget(
     budget = TimeBudget(seconds)
     probe = measure_throughput(config, data, logger)
     train_count, val_count = len(data.train_labels), len(data.val_labels)
-    plan = plan_budget(seconds, probe, train_count, val_count, config.batch_size, config.low_res_fraction)
+    plan = plan_budget(
+        seconds,
+        probe,
+        train_count,
+        val_count,
+        config.batch_size,
+        config.low_res_fraction,
+        whiten_bias_epochs=config.whiten_bias_epochs,
+    )
     budget.eval_seconds_hint = val_count / probe.eval_images_per_second
-    budget.low_res_cost = probe.low_res_cost
+    budget.low_res_cost, budget.whiten_bias_cost = probe.low_res_cost, probe.whiten_bias_cost
     logger.info(
         f"time budget {seconds / 60:.1f} min: {plan.steps} steps ({plan.steps / plan.steps_per_epoch:.2f}"
         f" epochs), estimated {plan.expected_seconds:.0f}s"
@@ -254,11 +292,13 @@ def steps_that_fit(
 class TimeBudget:
     """A deadline for a running training: `seconds` from `started` (by default, when this is made), less the
     reserve; and the prices the probe measured, which training starts from: `eval_seconds_hint` stands for a
-    validation pass until training has timed one, `low_res_cost` is a low-resolution step's price."""
+    validation pass until training has timed one, `low_res_cost` is a low-resolution step's price and
+    `whiten_bias_cost` the factor on a step that trains the whitening bias."""
 
     seconds: float
     eval_seconds_hint: float = 0.0
     low_res_cost: float = 1.0
+    whiten_bias_cost: float = 1.0
     started: float = field(default_factory=time.perf_counter)
 
     def left(self) -> float:

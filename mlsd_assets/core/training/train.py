@@ -135,7 +135,14 @@ def train(
     optimizers = make_optimizers(model.net, config)
     lookahead = Lookahead(model.net) if config.lookahead else None
     # the run's steps and validation passes, priced as the budget's probe measured them
-    costs = StepCosts(config.low_res_fraction, budget.low_res_cost if budget else 1.0, validate_every_epoch)
+    bias_steps = config.whiten_bias_epochs * len(batches) if isinstance(model.net, AirbenchNet) else 0
+    costs = StepCosts(
+        config.low_res_fraction,
+        budget.low_res_cost if budget else 1.0,
+        validate_every_epoch,
+        bias_steps=bias_steps,
+        bias_cost=budget.whiten_bias_cost if budget else 1.0,
+    )
     run = RunState(config, model, optimizers, lookahead, len(batches), costs, checkpoint_dir, checkpoint_extra or {})
     run.resume(logger)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)

@@ -268,7 +268,7 @@ class _Objective:
         params = self.space.suggest(trial)
         self.hooks.started(trial.number, params)
         started = time.monotonic()
-        config, budget_s, eval_hint, low_res_cost = self._sized(apply(self.base, params), started)
+        config, budget_s, eval_hint, prices = self._sized(apply(self.base, params), started)
         last_step = 0
 
         def report(stats: EpochStats) -> None:
@@ -283,7 +283,7 @@ class _Objective:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"validation accuracy {stats.val_accuracy:.4f} at step {step}")
 
-        budget = TimeBudget(budget_s - (time.monotonic() - started), eval_hint, low_res_cost) if budget_s else None
+        budget = TimeBudget(budget_s - (time.monotonic() - started), eval_hint, *prices) if budget_s else None
         result = train(
             self.data.arrays,
             config,
@@ -298,17 +298,19 @@ class _Objective:
         trial.set_user_attr("train_seconds", round(result.train_seconds, 1))
         return float(result.validation["accuracy"])
 
-    def _sized(self, config: TrainConfig, started: float) -> tuple[TrainConfig, float | None, float, float]:
+    def _sized(
+        self, config: TrainConfig, started: float
+    ) -> tuple[TrainConfig, float | None, float, tuple[float, float]]:
         """The trial's config sized to its budget (a probe per net shape, reused), the budget, the probe's
-        estimate of one validation pass and its price of a low-resolution step; with `trial_epochs`, that many
-        epochs and no budget."""
+        estimate of one validation pass and its prices of a low-resolution step and of training the whitening
+        bias; with `trial_epochs`, that many epochs and no budget."""
         from mlsd_assets.core.training.budget import budgeted, measure_throughput, plan_budget
 
         if self.settings.trial_budget_s is None:
-            return dataclasses.replace(config, epochs=int(self.settings.trial_epochs or 1)), None, 0.0, 1.0
+            return dataclasses.replace(config, epochs=int(self.settings.trial_epochs or 1)), None, 0.0, (1.0, 1.0)
         d = self.data.arrays
         shape = (config.architecture, config.widths, config.batch_size, config.precision, config.threads)
-        shape += (config.low_res_fraction > 0, config.low_res_size)
+        shape += (config.low_res_fraction > 0, config.low_res_size, config.whiten_bias_epochs > 0)
         if shape not in self.probes:
             self.probes[shape] = measure_throughput(config, d, self.logger, steps=2, max_seconds=10.0)
         probe = dataclasses.replace(self.probes[shape], seconds=time.monotonic() - started)
@@ -316,10 +318,17 @@ class _Objective:
         fraction = config.low_res_fraction
         train_count, val_count = len(d.train_labels), len(d.val_labels)
         plan = plan_budget(
-            budget_s, probe, train_count, val_count, config.batch_size, fraction, validate_every_epoch=True
+            budget_s,
+            probe,
+            train_count,
+            val_count,
+            config.batch_size,
+            fraction,
+            validate_every_epoch=True,
+            whiten_bias_epochs=config.whiten_bias_epochs,
         )
         eval_s = val_count / probe.eval_images_per_second
-        return budgeted(config, plan), budget_s, eval_s, probe.low_res_cost
+        return budgeted(config, plan), budget_s, eval_s, (probe.low_res_cost, probe.whiten_bias_cost)
 
 
 def result_of(study: optuna.Study, dataset_hash: str, settings: StudySettings, skipped: bool) -> TuningResult:

@@ -26,9 +26,14 @@ LOG = logging.getLogger("test")
 
 
 def _throughput(
-    train_ips: float, eval_ips: float = 10_000.0, seconds: float = 5.0, low_res_cost: float = 1.0
+    train_ips: float,
+    eval_ips: float = 10_000.0,
+    seconds: float = 5.0,
+    low_res_cost: float = 1.0,
+    whiten_bias_cost: float = 1.0,
 ) -> Throughput:
-    return Throughput(train_ips, eval_ips, seconds, "fp32", 2, "onednn", "test CPU", "avx2", low_res_cost)
+    cpu = ("test CPU", "avx2")
+    return Throughput(train_ips, eval_ips, seconds, "fp32", 2, "onednn", *cpu, low_res_cost, whiten_bias_cost)
 
 
 def test_plan_fills_the_budget_and_no_more() -> None:
@@ -74,6 +79,8 @@ def test_tiny_budget_is_met_within_ten_percent(caplog: pytest.LogCaptureFixture)
         assert probe.precision == "fp32" and probe.cpu_model
         assert 0 < probe.low_res_cost < 2 and probe.record()["probe.low_res_cost"] == probe.low_res_cost
         assert time_budget.low_res_cost == probe.low_res_cost
+        # the tiny net's first epochs train the whitening bias: a step then costs more, never less
+        assert 0.5 < probe.whiten_bias_cost < 5 and time_budget.whiten_bias_cost == probe.whiten_bias_cost
         assert plan.steps >= 5  # enough work that the check means something
         assert time_budget.eval_seconds_hint == pytest.approx(len(data.val_labels) / probe.eval_images_per_second)
         assert (sized.max_steps, sized.epochs) == (plan.steps, plan.epochs)
@@ -151,3 +158,22 @@ def test_only_the_epochs_that_end_at_full_size_are_priced_a_validation_pass() ->
     assert StepCosts().validation_passes(0, 100, 25) == 4
     assert StepCosts(0.5, validate_every_epoch=True).validation_passes(0, 100, 25) == 4
     assert costs.validation_passes(0, 2, 25) == 1  # the one (last) step of a tiny run is at full size
+
+
+def test_the_steps_that_train_the_whitening_bias_cost_its_factor_at_their_size() -> None:
+    # 10 steps, the first 5 at half price (low resolution); the first 3 train the bias at twice their price
+    costs = StepCosts(low_res_fraction=0.5, low_res_cost=0.5, bias_steps=3, bias_cost=2.0)
+    assert costs.span(0, 10, 10) == pytest.approx(5 * 0.5 + 5 + 3 * 0.5)
+    assert costs.span(2, 4, 10) == pytest.approx(0.5 * 2 + 0.5)  # one bias step among them
+    # a run without low resolution, and a bias phase that outlasts it
+    assert StepCosts(bias_steps=4, bias_cost=1.5).span(2, 6, 10) == pytest.approx(4 + 2 * 0.5)
+    assert StepCosts(0.2, 0.5, bias_steps=4, bias_cost=2.0).span(0, 10, 10) == pytest.approx(9 + 2 * 0.5 + 2)
+    assert StepCosts(bias_steps=4).span(0, 10, 10) == 10  # no price measured: no change
+
+
+def test_the_plan_pays_for_the_whitening_bias_epochs() -> None:
+    # 25 steps an epoch at 2 s; the first epoch's steps at 4 s cost 25 steps' time more: ~25 fewer steps fit
+    plain = plan_budget(600.0, _throughput(1000.0), 50_000, 5_000, 2000, whiten_bias_epochs=1)
+    priced = plan_budget(600.0, _throughput(1000.0, whiten_bias_cost=2.0), 50_000, 5_000, 2000, whiten_bias_epochs=1)
+    assert plain.steps - priced.steps == pytest.approx(25, abs=1)
+    assert priced.expected_seconds <= 600.0 * (1 - BUDGET_RESERVE)

@@ -152,6 +152,7 @@ def test_progressive_resizing_trains_the_first_steps_small_then_the_rest_at_full
         """A budget that, ten steps in, finds time for 40: the low-resolution phase's end moves to step 20."""
 
         low_res_cost = 0.8
+        whiten_bias_cost = 1.3
         costs: list[StepCosts] = []  # what training priced its steps by at each re-size
 
         def total_steps(self, done: int, *args: object) -> int:
@@ -168,6 +169,8 @@ def test_progressive_resizing_trains_the_first_steps_small_then_the_rest_at_full
     validated = [h.val_accuracy is not None for h in grown.history]
     assert validated == [False, True, True, True, True]
     assert Growing.costs[-1].low_res_until == 8 and Growing.costs[-1].validation_passes(0, 40, 8) == 4
+    # and price the whitening bias's epochs (the recipe's first 3) at the budget's factor
+    assert (Growing.costs[-1].bias_steps, Growing.costs[-1].bias_cost) == (3 * 8, 1.3)
 
 
 def test_epochs_that_end_at_low_resolution_are_not_validated_unless_asked(split) -> None:  # type: ignore[no-untyped-def]
