@@ -557,6 +557,23 @@ def test_logits_are_the_same_on_either_session(tiny_model: Path, monkeypatch: py
     assert Predictor(tiny_model, intra_op_threads=1).one_thread_up_to == 0
 
 
+def test_the_crossover_is_timed_up_to_the_largest_batch_the_server_runs(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server batching up to 4 images times 1, 2 and 4 (not 16); one batching 64 times past 16."""
+    sizes: list[int] = []
+
+    def one_thread_always_faster(self: Predictor, images: int) -> tuple[float, float]:
+        sizes.append(images)
+        return 1.0, 0.5
+
+    monkeypatch.setattr(Predictor, "_time_sessions", one_thread_always_faster)
+    assert Predictor(tiny_model, intra_op_threads=2, largest_batch=4).one_thread_up_to == 4 and sizes == [1, 2, 4]
+    sizes.clear()
+    assert Predictor(tiny_model, intra_op_threads=2, largest_batch=64).one_thread_up_to == 64
+    assert sizes == [1, 2, 4, 8, 16, 32, 64]
+
+
 def test_the_answer_is_sent_before_the_request_is_measured(tiny_model: Path, monkeypatch: pytest.MonkeyPatch):
     """uvloop writes a response at the end of the loop iteration that sent it: the metrics of an infer request
     are recorded in a later iteration, so the client's bytes never wait for them."""

@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
         body_timeout_s=args.body_timeout_s,
     )
     batching = BatchingConfig(args.batching, args.max_batch_size, args.max_queue_delay_us, args.workers)
-    predictor = Predictor(args.model, args.intra_op_threads, args.spinning, one_thread=batch_workers(batching) > 1)
+    one_thread = batch_workers(batching) > 1
+    predictor = Predictor(args.model, args.intra_op_threads, args.spinning, one_thread, batching.max_batch_size)
     app = create_app(predictor, limits, batching)
     protocol = type(
         "Protocol",

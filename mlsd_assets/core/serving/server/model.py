@@ -131,11 +131,17 @@ class Predictor:
 
     Small batches of a small graph can lose more to waking ORT's other threads than they gain from them (on an
     Ice Lake, int8 without flip-TTA: 1 image 0.47 ms on one thread, 0.52 on two; fp32 with it: 1.66 against
-    1.36), so at start-up the two sessions are timed on this CPU and graph, and `logits` sends batches of up to
-    `one_thread_up_to` images to the one-thread session (`one_thread_crossover`)."""
+    1.36), so at start-up the two sessions are timed on this CPU and graph, on batches of up to `largest_batch`
+    images (the batcher's `max_batch_size`: `logits` is never called on more), and `logits` sends batches of up
+    to `one_thread_up_to` images to the one-thread session (`one_thread_crossover`)."""
 
     def __init__(
-        self, model_path: Path, intra_op_threads: int = 0, spinning: bool = False, one_thread: bool = True
+        self,
+        model_path: Path,
+        intra_op_threads: int = 0,
+        spinning: bool = False,
+        one_thread: bool = True,
+        largest_batch: int = 16,
     ) -> None:
         self.session = inference_session(model_path, intra_op_threads, spinning)
         self.one_thread = inference_session(model_path, 1) if one_thread else None
@@ -148,7 +154,7 @@ class Predictor:
             self.one_thread_logits(np.zeros((1, *self.contract.image_shape), dtype=np.uint8))
             threads = intra_op_threads or len(os.sched_getaffinity(0))
             if threads > 1:
-                self.one_thread_up_to = one_thread_crossover(self._time_sessions)
+                self.one_thread_up_to = one_thread_crossover(self._time_sessions, largest_batch)
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         session = self.one_thread if len(images) <= self.one_thread_up_to else self.session
