@@ -112,8 +112,8 @@ def main() -> int:
         flush=True,
     )
     # Each training in a fresh process, as the pipeline runs it, so that no run inherits an earlier one's heap,
-    # threads or caches (on an Ice Lake the preset, second in one process, ran its last 32-px epochs at 822-982
-    # img/s, against 1,070-1,187 fresh; this guest's noise is nearly as large).
+    # threads or caches (hygiene: on an Ice Lake guest the preset's last 32-px epochs read 822-1,055 img/s
+    # second in one process and 902-1,187 in fresh ones, which is that guest's noise).
     spawn = multiprocessing.get_context("spawn")
 
     def run(preset: str, budget_s: float | None = None) -> tuple[list[tuple[float, float | None]], float, str, float]:
