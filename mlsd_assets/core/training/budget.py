@@ -160,12 +160,12 @@ def measure_throughput(
     low_res = config.low_res_fraction > 0
     first_size = config.low_res_size if low_res else 32
     bias = isinstance(model.net, AirbenchNet) and config.whiten_bias_epochs > 0
-    bias_ips = images_per_second(first_size, max(1, steps - 1)) if bias else 0.0
+    bias_ips = images_per_second(first_size, max(1, steps - 1)) if bias else 1.0
     if bias:
         model.net.whiten.bias.requires_grad_(False)
-    frozen_ips = images_per_second(first_size, max(1, steps - 1), warm=not bias) if bias or low_res else 0.0
-    train_ips = images_per_second(32, steps) if low_res or not bias else frozen_ips
-    low_res_cost = train_ips / frozen_ips if low_res else 1.0
+    frozen_ips = images_per_second(first_size, max(1, steps - 1) if low_res else steps, warm=not bias)
+    train_ips = images_per_second(32, steps) if low_res else frozen_ips
+    low_res_cost = train_ips / frozen_ips
     whiten_bias_cost = frozen_ips / bias_ips if bias else 1.0
     sample = data.val_images[: min(len(data.val_images), max(config.eval_batch_size, 1))]
     t_eval = time.perf_counter()
@@ -184,11 +184,11 @@ def measure_throughput(
         low_res_cost=low_res_cost,
         whiten_bias_cost=whiten_bias_cost,
     )
-    at_low_res = f", {low_res_cost:.2f}x the time at {config.low_res_size} px" if low_res else ""
-    at_low_res += f", {whiten_bias_cost:.2f}x while the whitening bias trains" if bias else ""
-    at_low_res = f" ({at_low_res[2:]})" if at_low_res else ""
+    prices = [f"{low_res_cost:.2f}x the time at {config.low_res_size} px"] if low_res else []
+    prices += [f"{whiten_bias_cost:.2f}x while the whitening bias trains"] if bias else []
+    priced = f" ({', '.join(prices)})" if prices else ""
     logger.info(
-        f"throughput probe: {train_ips:.0f} train img/s{at_low_res}, {eval_ips:.0f} validation img/s ({precision},"
+        f"throughput probe: {train_ips:.0f} train img/s{priced}, {eval_ips:.0f} validation img/s ({precision},"
         f" {result.threads} threads, {result.conv_weight_grad} conv weight gradient, {result.cpu_model};"
         f" {cpu['cpu.flags']}) in {result.seconds:.1f}s"
     )
@@ -216,7 +216,11 @@ def plan_budget(
     available = budget_seconds * (1 - BUDGET_RESERVE) - throughput.seconds
     bias_steps = whiten_bias_epochs * steps_per_epoch
     costs = StepCosts(
-        low_res_fraction, throughput.low_res_cost, validate_every_epoch, None, bias_steps, throughput.whiten_bias_cost
+        low_res_fraction,
+        throughput.low_res_cost,
+        validate_every_epoch,
+        bias_steps=bias_steps,
+        bias_cost=throughput.whiten_bias_cost,
     )
     steps = steps_that_fit(available, step_s, eval_s, steps_per_epoch, costs=costs)
     epochs = math.ceil(steps / steps_per_epoch)
