@@ -65,7 +65,8 @@ def test_train_throughput_prints_each_variant_beside_the_first(tmp_path: Path) -
 
 
 def test_server_latency_prints_the_server_beside_bare_ort(tmp_path: Path) -> None:
-    """The issue 16 table, from the server as a host process on an untrained net: every figure present."""
+    """The issue 16 table, from the server as a host process on an untrained net: every figure present, the
+    floor (a bare socket server on the same ORT) beside the overhead."""
     tree = write_image_folder_tree(tmp_path / "cifar10", n_train=10, n_test=48, fmt="jpg")
     stdout = run_benchmark(
         "server_latency.py",
@@ -74,12 +75,14 @@ def test_server_latency_prints_the_server_beside_bare_ort(tmp_path: Path) -> Non
     )
     number = r"([\d,.]+)"
     row = re.search(
-        rf"^\| fp32 \| process \| {number} / {number} \| {number} / {number} \| ([+-][\d.]+) "
+        rf"^\| fp32 \| process \| {number} / {number} \| {number} / {number} \| ([+-][\d.]+) \(([+-][\d.]+)\) "
         rf"\| {number} / {number} \| {number} \({number}\) \|$",
         stdout,
         re.M,
     )
     assert row is not None, stdout[-3000:]
-    bare_p50, _, p50, _, _, rps_on, rps_off, batched, bare_batched = (float(v.replace(",", "")) for v in row.groups())
+    figures = (float(v.replace(",", "")) for v in row.groups())
+    bare_p50, _, p50, _, overhead, floor, rps_on, rps_off, batched, bare_batched = figures
     assert min(bare_p50, p50, rps_on, rps_off, batched, bare_batched) > 0, row[0]
+    assert f"overhead {overhead:+.3f} ms; the floor (a bare socket server, same ORT) {floor:+.3f} ms" in stdout
     assert "48 real CIFAR-10 test images" in stdout and "goals: overhead <= 0.15 ms" in stdout

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from typing import NamedTuple
 
 import numpy as np
 import onnxruntime as ort
@@ -98,6 +99,20 @@ async def _read_body(
     if buffer is not None:
         return buffer
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class Answer(NamedTuple):
+    """An infer answer as its raw ASGI parts, sent as they are: a Starlette Response per request (header
+    normalisation, then its own send) was ~0.2 of a millisecond of the server's overhead on an idle-then-woken
+    2-core VM, where every line of Python after ORT runs with cold caches."""
+
+    status_code: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body})
 
 
 def _error(status: int, reason: str) -> Response:
@@ -214,7 +229,7 @@ class _Endpoints:
             seconds = time.perf_counter() - start
             asyncio.get_running_loop().call_soon(self.metrics.count_request, INFER_ROUTE, "POST", status, seconds)
 
-    async def _answer(self, scope: Scope, receive: Receive) -> Response:
+    async def _answer(self, scope: Scope, receive: Receive) -> Answer | Response:
         output = self.contract.output_name
         headers = dict(scope["headers"])
         held = [0]
@@ -295,7 +310,7 @@ def create_app(
     return InferenceApp(predictor, limits or Limits(), batching or BatchingConfig())
 
 
-def _infer_response(parsed: InferRequest, logits: np.ndarray, name: str, version: str, output: str) -> Response:
+def _infer_response(parsed: InferRequest, logits: np.ndarray, name: str, version: str, output: str) -> Answer:
     """JSON outputs, or the JSON header followed by raw little-endian FP32 when the client asked for binary."""
     out: dict = {"name": output, "datatype": "FP32", "shape": list(logits.shape)}
     doc: dict = {"model_name": name, "model_version": version, "outputs": [out]}
@@ -305,6 +320,12 @@ def _infer_response(parsed: InferRequest, logits: np.ndarray, name: str, version
         raw = np.ascontiguousarray(logits, dtype="<f4").tobytes()
         out["parameters"] = {"binary_data_size": len(raw)}
         header = json.dumps(doc, separators=(",", ":")).encode()
-        return Response(header + raw, media_type="application/octet-stream", headers={HEADER_LENGTH: str(len(header))})
+        headers = [
+            (b"content-type", b"application/octet-stream"),
+            (HEADER_LENGTH_KEY, b"%d" % len(header)),
+            (b"content-length", b"%d" % (len(header) + len(raw))),
+        ]
+        return Answer(200, headers, header + raw)
     out["data"] = logits.ravel().tolist()
-    return Response(json.dumps(doc, separators=(",", ":")), media_type=JSON_TYPE)
+    body = json.dumps(doc, separators=(",", ":")).encode()
+    return Answer(200, [(b"content-type", JSON_TYPE.encode()), (b"content-length", b"%d" % len(body))], body)

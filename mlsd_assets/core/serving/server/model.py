@@ -165,17 +165,24 @@ class Predictor:
             raise RuntimeError("this Predictor was opened without its one-thread session (one_thread=False)")
         return self.one_thread.run(self._outputs, {self.contract.input_name: images})[0]
 
-    def _time_sessions(self, images: int, calls: int = 15) -> tuple[float, float]:
-        """Median seconds of one call on `images` images: (all intra-op threads, one thread), called in turns."""
+    def _time_sessions(self, images: int, calls: int = 15, blocks: int = 5) -> tuple[float, float]:
+        """Median seconds of one call on `images` images: (all intra-op threads, one thread). The sessions are
+        called in turns, in `blocks` blocks of `calls` calls each; each session's figure is the median of its
+        block medians, so a stall of the machine that spans a block (one decision in twelve flipped with a
+        single block of 15 calls, and so did one of 45) moves one block, not the decision."""
         feed = {self.contract.input_name: np.zeros((images, *self.contract.image_shape), dtype=np.uint8)}
-        seconds: tuple[list[float], list[float]] = ([], [])
-        for i in range(calls + 2):  # the first call of each size warms it up, in both orders
-            for which in (0, 1) if i % 2 else (1, 0):
-                start = time.perf_counter()
-                (self.session, self.one_thread)[which].run(self._outputs, feed)  # type: ignore[union-attr]
-                if i >= 2:
-                    seconds[which].append(time.perf_counter() - start)
-        return statistics.median(seconds[0]), statistics.median(seconds[1])
+        medians: tuple[list[float], list[float]] = ([], [])
+        for _ in range(blocks):
+            seconds: tuple[list[float], list[float]] = ([], [])
+            for i in range(calls + 2):  # the first calls of a block warm it up, in both orders
+                for which in (0, 1) if i % 2 else (1, 0):
+                    start = time.perf_counter()
+                    (self.session, self.one_thread)[which].run(self._outputs, feed)  # type: ignore[union-attr]
+                    if i >= 2:
+                        seconds[which].append(time.perf_counter() - start)
+            for which in (0, 1):
+                medians[which].append(statistics.median(seconds[which]))
+        return statistics.median(medians[0]), statistics.median(medians[1])
 
 
 def one_thread_crossover(

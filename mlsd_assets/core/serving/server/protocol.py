@@ -34,13 +34,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._in_head:
             self._head_bytes += len(data)
-            if self._head_timer is None:
+        super().data_received(data)
+        if self._in_head and not self.transport.is_closing():
+            if self._head_bytes > self.max_head_bytes:
+                self._refuse(431, f"request line and headers exceed {self.max_head_bytes} bytes")
+            elif self._head_timer is None and self._head_bytes:  # a head that came whole needs no timer
                 self._head_timer = self.loop.call_later(
                     self.head_timeout_s, self._refuse, 408, "request head not received in time"
                 )
-        super().data_received(data)
-        if self._in_head and self._head_bytes > self.max_head_bytes and not self.transport.is_closing():
-            self._refuse(431, f"request line and headers exceed {self.max_head_bytes} bytes")
 
     def on_headers_complete(self) -> None:
         self._end_head()
