@@ -5,15 +5,17 @@
         .mlsd/data/artifacts/cifar10_onnx/latest.reference-*.onnx           # the served graph and its fp32 graph
 
 One run prints, per graph, for the same ORT intra-op threads: the server in its container (host network; the image
-is built once, the other graphs bind-mounted over its model) beside bare ORT in this process (the limit) on the
-same images, each image to both back to back (so load from other processes falls on both alike): 1-image p50/p99
-and the overhead (p50 of the per-image differences), requests/s at 16 connections with dynamic batching on and off,
-batched images/s beside bare ORT's best (one call on all threads, or one-thread calls side by side as the server's
-workers run them); then a table of all graphs. Goals on 2 cores: overhead <= 0.15 ms, p50 <= 1 ms, >= 1,500 req/s,
->= 3,000 images/s batched. `--runtime container process` also runs the same server package as a host process: on
-a machine shared with other work, Docker's cgroup (cgroup v1: every container together holds one cpu.shares=1024
-entity beside each host task) starves the container when the host is loaded, which the bare-ORT limit in this
-process does not suffer; the process row shows the server's own cost.
+is built once, the other graphs bind-mounted over its model) beside bare ORT in this process (the limit) on the same
+images, each image to both back to back (so load from other processes falls on both alike): 1-image p50/p99 and the
+overhead (p50 of the per-image differences), and in the same rotation the floor: a bare socket server
+(`floor_server`) running the same ORT call with no HTTP framework, whose overhead is what serving over loopback
+costs on this machine at all (the processes' wake-ups, the kernel); requests/s at 16 connections with dynamic
+batching on and off, batched images/s beside bare ORT's best (one call on all threads, or one-thread calls side by
+side as the server's workers run them); then a table of all graphs. Goals on 2 cores: overhead <= 0.15 ms, p50 <= 1
+ms, >= 1,500 req/s, >= 3,000 images/s batched. `--runtime container process` also runs the same server package as a
+host process: on a machine shared with other work, Docker's cgroup (cgroup v1: every container together holds one
+cpu.shares=1024 entity beside each host task) starves the container when the host is loaded, which the bare-ORT
+limit in this process does not suffer; the process row shows the server's own cost.
 The load generator is a small asyncio raw-HTTP/1.1 client on uvloop sending binary v2 tensors (an httpx client
 costs several times more CPU per request, which on 2 cores would measure the client); its CPU seconds per request
 are printed beside each rate, so it can be seen not to be the bottleneck. The 1-image latency, one request at a
