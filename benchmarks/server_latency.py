@@ -371,8 +371,8 @@ def floor_process(model: Path, threads: int) -> Iterator[int]:
         if not ready.wait(120):
             raise RuntimeError(f"the floor server did not start (exit code {proc.exitcode})")
         yield port
-    finally:
-        proc.terminate()
+    finally:  # SIGKILL: a child started from a shell's background job inherits SIGTERM ignored, and would outlive us
+        proc.kill()
         proc.join(10)
 
 
