@@ -172,8 +172,8 @@ async def roundtrip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
 def paired_latency(
     ports: list[int],
     requests: list[bytes],
-    predictor,
-    images: np.ndarray,  # noqa: ANN001
+    predictor,  # noqa: ANN001 (a Predictor; imported lazily)
+    images: np.ndarray,
 ) -> tuple[list[list[float]], list[float]]:
     """Seconds per image through each server in `ports` and through bare ORT, back to back, the order rotating
     image by image (load from other processes falls on all alike). One request at a time, so the client is a
