@@ -26,8 +26,7 @@ from .protocol import REQUEST_TASKS
 log = logging.getLogger("mlsd_server")
 
 JSON_TYPE = "application/json"
-HEADER_LENGTH = "inference-header-content-length"
-HEADER_LENGTH_KEY = HEADER_LENGTH.encode()  # as ASGI scope headers spell it
+HEADER_LENGTH = b"inference-header-content-length"  # as ASGI headers spell it, in requests and answers
 INFER_ROUTE = "/v2/models/{name}/infer"  # the metrics label of both infer paths
 OFFLOAD_BYTES = 64 * 1024  # bodies above this are parsed on a thread, not on the event loop
 PREALLOCATE_BYTES = 256 * 1024  # bodies above this are read into one buffer of the declared size
@@ -240,7 +239,7 @@ class _Endpoints:
                     415, f"Content-Encoding {encoding.decode('latin-1')!r} is not accepted: send the body uncompressed"
                 )
             body = await _read_body(headers, receive, self.limits, self.budget, held)
-            length = headers.get(HEADER_LENGTH_KEY)
+            length = headers.get(HEADER_LENGTH)
             header_length = length.decode("latin-1") if length is not None else None
             if len(body) > OFFLOAD_BYTES:
                 parsed = await asyncio.to_thread(self.parser.parse, body, header_length)
@@ -322,7 +321,7 @@ def _infer_response(parsed: InferRequest, logits: np.ndarray, name: str, version
         header = json.dumps(doc, separators=(",", ":")).encode()
         headers = [
             (b"content-type", b"application/octet-stream"),
-            (HEADER_LENGTH_KEY, b"%d" % len(header)),
+            (HEADER_LENGTH, b"%d" % len(header)),
             (b"content-length", b"%d" % (len(header) + len(raw))),
         ]
         return Answer(200, headers, header + raw)
