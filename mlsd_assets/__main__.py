@@ -78,10 +78,12 @@ def summary(result: dg.ExecuteInProcessResult, tracking_uri: str) -> list[str]:
     model, report = values.get("cifar10_model", {}), values.get("evaluation_report", {})
     lines = ["", "==== summary ===="]
     if model:
+        widths = dict(model.get("hyperparameters") or {}).get("widths")  # a long budget may pick a wider net
+        net = f"{model['architecture']}" + (f" {'-'.join(map(str, widths))}" if widths else "")
         lines.append(
             f"model: validation accuracy {float(model['val_accuracy']):.4f}, trained {model['train_seconds']}s"
-            f" ({model['epochs']} epochs, {model['precision']}, budget {model.get('time_budget_minutes')} min),"
-            f" MLflow run {model['mlflow_run_id']}"
+            f" ({model['epochs']} epochs of {net}, {model['precision']}, budget {model.get('time_budget_minutes')}"
+            f" min), MLflow run {model['mlflow_run_id']}"
         )
     if report:
         lines.append(

@@ -1,6 +1,7 @@
 """`python -m mlsd_assets`: the pipeline command makes real Dagster runs and names what failed."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -65,6 +66,8 @@ def test_pipeline_with_a_time_budget_ends_with_a_summary(mlsd_home: Path, cifar_
     out = _cli("pipeline", "--through", "cifar10_onnx", "--budget-minutes", "0.25", source=cifar_tarball)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "throughput probe:" in out.stderr and "time budget 0.2 min" in out.stderr
+    assert "time budget: narrow net" in out.stderr  # 15 s fit no epoch of the wider net: not even timed
     summary = out.stdout.split("==== summary ====", 1)[1]
     assert "model: validation accuracy" in summary and "budget 0.25 min" in summary
+    assert re.search(r"\d+ epochs of airbench 32-128-128, \w+, budget", summary), summary  # the net it trained
     assert "make dev" in summary and f"mlflow ui --backend-store-uri sqlite:///{mlsd_home}" in summary

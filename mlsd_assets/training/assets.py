@@ -67,7 +67,10 @@ def cifar10_model(
     resume = (previous or {}).get("extra", {}).get("mlflow_run_id")
     with mlflow.run(f"{asked.architecture}-{context.run.run_id[:8]}", tags, resume) as run_id:
         with tracking.system_metrics(mlflow, run_id):
-            train_config, budget = tracking.sized_config(mlflow, run_id, asked, data, budget_s, previous, context.log)
+            wider = config.wider_config()  # a long budget may train airbench94's widths instead
+            train_config, budget = tracking.sized_config(
+                mlflow, run_id, asked, data, budget_s, previous, context.log, wider
+            )
             tracking.log_setup(mlflow, run_id, train_config, cifar10_split, split_source(context))
             on_epoch, extra = tracking.epoch_logger(mlflow, run_id), {"mlflow_run_id": run_id}
             result = train(

@@ -65,6 +65,18 @@ class ModelConfig(dg.Config):
     def train_config(self) -> TrainConfig:
         from mlsd_assets.core.training.recipes import recipe_config
 
+        return recipe_config(self.recipe, **self._overrides())
+
+    def wider_config(self) -> TrainConfig | None:
+        """The `long` recipe (airbench94's widths) with the same fields set, for a time budget to train where
+        enough of its epochs fit; None where a recipe, the widths or tuned values were asked for."""
+        from mlsd_assets.core.training.recipes import recipe_config
+
+        if self.recipe is not None or self.widths is not None or self.use_tuned or self.architecture != "airbench":
+            return None
+        return recipe_config("long", **self._overrides())
+
+    def _overrides(self) -> dict[str, Any]:
         overrides: dict[str, Any] = {
             k: v
             for k, v in self.model_dump().items()
@@ -74,4 +86,4 @@ class ModelConfig(dg.Config):
             overrides["widths"] = tuple(overrides["widths"])
         if self.recipe is None or "architecture" in self.model_fields_set:
             overrides["architecture"] = self.architecture  # no recipe: the architecture's default one
-        return recipe_config(self.recipe, **overrides)
+        return overrides

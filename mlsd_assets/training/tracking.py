@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import tempfile
@@ -33,18 +32,21 @@ def sized_config(
     budget_s: float | None,
     previous: dict[str, Any] | None,
     logger: logging.Logger,
+    wider: TrainConfig | None = None,
 ) -> tuple[TrainConfig, TimeBudget | None]:
-    """`config` as asked, or sized to the time budget: by a throughput probe (recorded in the run), or as
-    the checkpoint was (a resumed run keeps its checkpoint's plan); and the budget for training to keep
-    re-sizing to (None when nothing is to be re-sized). The budget counts from this call."""
+    """`config` as asked, or sized to the time budget: by a throughput probe (recorded in the run; `wider`: a
+    wider net the budget may choose instead), or as the checkpoint was (a resumed run keeps its checkpoint's
+    plan, net included); and the budget for training to keep re-sizing to (None when nothing is to be
+    re-sized). The budget counts from this call."""
     from mlsd_assets.core.training.budget import size_to_budget
+    from mlsd_assets.core.training.recipes import TrainConfig
 
     if budget_s is None:
         return config, None
     if previous is not None:
         planned = previous["config"]
-        return dataclasses.replace(config, epochs=planned["epochs"], max_steps=planned["max_steps"]), None
-    sized, budget, probe, plan = size_to_budget(config, data, budget_s, logger)
+        return TrainConfig(**{**planned, "widths": tuple(planned["widths"])}), None
+    sized, budget, probe, plan = size_to_budget(config, data, budget_s, logger, wider)
     log_budget(tracking, run_id, probe, plan)
     return sized, budget
 

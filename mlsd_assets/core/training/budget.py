@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from mlsd_assets.core.platform.env_info import cpu_info
-from mlsd_assets.core.training.models import AirbenchNet
+from mlsd_assets.core.training.models import AirbenchNet, forward_flops
 from mlsd_assets.core.training.recipes import TrainConfig
 from mlsd_assets.core.training.steps import (
     conv_weight_grad,
@@ -32,6 +32,14 @@ if TYPE_CHECKING:
     from mlsd_assets.core.training.train import TrainData
 
 BUDGET_RESERVE = 0.03  # of a time budget, left for what the estimates miss (copies, a noisy neighbour)
+# A budget that fits this many epochs of a wider net (`size_to_budget(wider=...)`: the `long` recipe, airbench94's
+# widths) trains it instead: the `long` recipe's own length, at which it reached 90.4-90.5% where the quarter-width
+# net stayed at 89.4-89.8% after 30 minutes (README, Time budget); in shorter budgets the narrow net's extra
+# epochs won (README, Benchmarks).
+WIDER_MIN_EPOCHS = 8
+# The wider net is timed only where its FLOPs say this fraction of those epochs may fit: wide convolutions run
+# nearer the CPU's peak (an Ice Lake: 3.0x the narrow net's step time for 3.6x its FLOPs), so FLOPs guess low.
+WIDER_PROBE_FRACTION = 0.75
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,7 @@ class BudgetPlan:
     steps_per_epoch: int
     epochs: int
     expected_seconds: float  # probe + training + validation passes, as estimated
+    decision: str = ""  # with a wider net on offer: which one trains, and why
 
     def record(self) -> dict[str, Any]:
         return {f"budget.{k}": v for k, v in dataclasses.asdict(self).items()}
@@ -241,14 +250,29 @@ def budgeted(config: TrainConfig, plan: BudgetPlan) -> TrainConfig:
 
 
 def size_to_budget(
-    config: TrainConfig, data: TrainData, seconds: float, logger: logging.Logger
+    config: TrainConfig, data: TrainData, seconds: float, logger: logging.Logger, wider: TrainConfig | None = None
 ) -> tuple[TrainConfig, TimeBudget, Throughput, BudgetPlan]:
     """Probe, plan and the deadline, as `cifar10_model` trains: the config sized to `seconds`, and the budget
-    (counting from this call, so the probe is part of it) for `train(budget=...)` to keep re-sizing to."""
+    (counting from this call, so the probe is part of it) for `train(budget=...)` to keep re-sizing to. With
+    `wider` (a wider net's recipe) on offer, the budget trains that one where WIDER_MIN_EPOCHS of its epochs fit
+    (timed by a second probe, run only where its FLOPs say it may fit)."""
     budget = TimeBudget(seconds)
     probe = measure_throughput(config, data, logger)
+    plan = _plan(config, data, seconds, probe)
+    if wider is not None:
+        config, probe, plan = _narrow_or_wider(config, wider, data, budget, probe, plan, logger)
+    budget.eval_seconds_hint = len(data.val_labels) / probe.eval_images_per_second
+    budget.low_res_cost, budget.whiten_bias_cost = probe.low_res_cost, probe.whiten_bias_cost
+    logger.info(
+        f"time budget {seconds / 60:.1f} min: {plan.steps} steps ({plan.steps / plan.steps_per_epoch:.2f}"
+        f" epochs), estimated {plan.expected_seconds:.0f}s"
+    )
+    return budgeted(config, plan), budget, probe, plan
+
+
+def _plan(config: TrainConfig, data: TrainData, seconds: float, probe: Throughput) -> BudgetPlan:
     train_count, val_count = len(data.train_labels), len(data.val_labels)
-    plan = plan_budget(
+    return plan_budget(
         seconds,
         probe,
         train_count,
@@ -257,13 +281,51 @@ def size_to_budget(
         config.low_res_fraction,
         whiten_bias_epochs=config.whiten_bias_epochs,
     )
-    budget.eval_seconds_hint = val_count / probe.eval_images_per_second
-    budget.low_res_cost, budget.whiten_bias_cost = probe.low_res_cost, probe.whiten_bias_cost
-    logger.info(
-        f"time budget {seconds / 60:.1f} min: {plan.steps} steps ({plan.steps / plan.steps_per_epoch:.2f}"
-        f" epochs), estimated {plan.expected_seconds:.0f}s"
+
+
+def _narrow_or_wider(
+    config: TrainConfig,
+    wider: TrainConfig,
+    data: TrainData,
+    budget: TimeBudget,
+    probe: Throughput,
+    plan: BudgetPlan,
+    logger: logging.Logger,
+) -> tuple[TrainConfig, Throughput, BudgetPlan]:
+    """`wider` with its probe and plan where WIDER_MIN_EPOCHS of its epochs fit, else `config` re-planned for the
+    time the wider probe took; each plan says which and why (`decision`)."""
+    ratio = forward_flops(wider.architecture, wider.widths) / forward_flops(config.architecture, config.widths)
+    guess_ips = probe.train_images_per_second / ratio  # at full size, as the wider recipe trains
+    guess = dataclasses.replace(
+        probe,
+        train_images_per_second=guess_ips,
+        eval_images_per_second=probe.eval_images_per_second / ratio,
+        seconds=probe.seconds + 3 * wider.batch_size / guess_ips,  # its probe: about three of its steps
+        low_res_cost=1.0,
     )
-    return budgeted(config, plan), budget, probe, plan
+    guessed = _plan(wider, data, budget.seconds, guess)
+    need = WIDER_MIN_EPOCHS * guessed.steps_per_epoch
+    if guessed.steps < WIDER_PROBE_FRACTION * need:
+        decision = (
+            f"narrow net: about {guessed.steps / guessed.steps_per_epoch:.1f} epochs of the {ratio:.1f}x wider one"
+            f" would fit by its FLOPs (it trains from {WIDER_MIN_EPOCHS}; not timed)"
+        )
+        logger.info(f"time budget: {decision}")
+        return config, probe, dataclasses.replace(plan, decision=decision)
+    wide = measure_throughput(wider, data, logger)
+    spent = time.perf_counter() - budget.started
+    wide = dataclasses.replace(wide, seconds=spent)  # both probes came out of the budget
+    wide_plan = _plan(wider, data, budget.seconds, wide)
+    epochs = wide_plan.steps / wide_plan.steps_per_epoch
+    figures = f"{wide.train_images_per_second:.0f} img/s against {probe.train_images_per_second:.0f}"
+    if wide_plan.steps >= need:
+        decision = f"wider net {wider.widths}: {epochs:.1f} epochs fit (>= {WIDER_MIN_EPOCHS}; {figures})"
+        logger.info(f"time budget: {decision}")
+        return wider, wide, dataclasses.replace(wide_plan, decision=decision)
+    decision = f"narrow net: {epochs:.1f} epochs of the wider {wider.widths} fit (< {WIDER_MIN_EPOCHS}; {figures})"
+    logger.info(f"time budget: {decision}")
+    probe = dataclasses.replace(probe, seconds=spent)
+    return config, probe, dataclasses.replace(_plan(config, data, budget.seconds, probe), decision=decision)
 
 
 def steps_that_fit(

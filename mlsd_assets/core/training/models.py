@@ -115,6 +115,16 @@ def build_model(architecture: str, widths: tuple[int, int, int] | None = None) -
     raise ValueError(f"architecture: unknown {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
 
 
+def forward_flops(architecture: str, widths: tuple[int, int, int] | None = None, size: int = 32) -> float:
+    """One image's forward FLOPs (torch's counter): a time budget's first guess at a wider net's price."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = build_model(architecture, widths).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(torch.zeros(1, 3, size, size))
+    return float(counter.get_total_flops())
+
+
 class InferenceModel(nn.Module):
     """What gets served: raw uint8 NHWC pixels in, logits out; scaling, normalisation, layout (and optional
     flip test-time augmentation) live in the graph, so nobody can preprocess wrongly."""

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from types import SimpleNamespace
 
 import pytest
 
+from mlsd_assets.core.training import budget as budget_module
 from mlsd_assets.core.training.budget import (
     BUDGET_RESERVE,
+    WIDER_MIN_EPOCHS,
     StepCosts,
     Throughput,
     TimeBudget,
@@ -177,3 +180,53 @@ def test_the_plan_pays_for_the_whitening_bias_epochs() -> None:
     priced = plan_budget(600.0, _throughput(1000.0, whiten_bias_cost=2.0), 50_000, 5_000, 2000, whiten_bias_epochs=1)
     assert plain.steps - priced.steps == pytest.approx(25, abs=1)
     assert priced.expected_seconds <= 600.0 * (1 - BUDGET_RESERVE)
+
+
+def _fake_probes(monkeypatch: pytest.MonkeyPatch, ips: dict[tuple[int, int, int], float]) -> list[tuple[int, ...]]:
+    """measure_throughput as a CPU where each net trains at `ips[widths]` img/s (0.2 s a probe); returns the
+    widths probed, in order."""
+    probed: list[tuple[int, ...]] = []
+
+    def measure(config, data, logger):  # type: ignore[no-untyped-def]
+        probed.append(config.widths)
+        time.sleep(0.2)
+        return _throughput(ips[config.widths], eval_ips=ips[config.widths] * 1.5, seconds=0.2)
+
+    monkeypatch.setattr(budget_module, "measure_throughput", measure)
+    return probed
+
+
+NARROW, WIDE = (32, 128, 128), (64, 256, 256)
+DATA_45K = SimpleNamespace(train_labels=range(45_000), val_labels=range(5_000))  # 22 steps an epoch
+
+
+def test_a_budget_that_fits_enough_epochs_of_the_wider_net_trains_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    probed = _fake_probes(monkeypatch, {NARROW: 800.0, WIDE: 300.0})  # 3.6x the FLOPs, 2.7x the time
+    sized, _, probe, plan = size_to_budget(recipe_config("fast"), DATA_45K, 1800.0, LOG, recipe_config("long"))
+    assert probed == [NARROW, WIDE]
+    assert sized.widths == WIDE and sized.low_res_fraction == 0.0 and sized.max_steps == plan.steps
+    assert plan.steps >= WIDER_MIN_EPOCHS * plan.steps_per_epoch and "wider net" in plan.decision
+    assert plan.record()["budget.decision"] == plan.decision
+    assert probe.seconds >= 0.4  # both probes came out of the budget
+    assert plan.expected_seconds <= 1800.0 * (1 - BUDGET_RESERVE)
+
+
+def test_a_short_budget_keeps_the_narrow_net_without_timing_the_wider_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    probed = _fake_probes(monkeypatch, {NARROW: 800.0, WIDE: 300.0})
+    sized, _, _, plan = size_to_budget(recipe_config("fast"), DATA_45K, 480.0, LOG, recipe_config("long"))
+    assert probed == [NARROW] and sized == budgeted(recipe_config("fast"), plan)
+    assert "not timed" in plan.decision
+    alone = size_to_budget(recipe_config("fast"), DATA_45K, 480.0, LOG)[3]  # no wider net on offer
+    assert alone.steps == pytest.approx(plan.steps, abs=1) and alone.decision == ""
+
+
+def test_the_narrow_net_trains_in_the_time_left_after_timing_a_wider_one_that_does_not_fit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the FLOPs say ~8.5 of the wider net's epochs may fit, so it is timed; it runs slower than they say: ~5 fit
+    probed = _fake_probes(monkeypatch, {NARROW: 1000.0, WIDE: 160.0})
+    sized, _, probe, plan = size_to_budget(recipe_config("fast"), DATA_45K, 1500.0, LOG, recipe_config("long"))
+    assert probed == [NARROW, WIDE] and sized.widths == NARROW and "narrow net" in plan.decision
+    assert probe.train_images_per_second == 1000.0 and probe.seconds >= 0.4  # the narrow figures, both probes' time
+    replanned = plan_budget(1500.0, probe, 45_000, 5_000, 2000, 0.7, whiten_bias_epochs=3)
+    assert plan == dataclasses.replace(replanned, decision=plan.decision)
