@@ -33,9 +33,8 @@ if TYPE_CHECKING:
 
 BUDGET_RESERVE = 0.03  # of a time budget, left for what the estimates miss (copies, a noisy neighbour)
 # A budget that fits this many epochs of a wider net (`size_to_budget(wider=...)`: the `long` recipe, airbench94's
-# widths) trains it instead: the `long` recipe's own length, at which it reached 90.4-90.5% where the quarter-width
-# net stayed at 89.4-89.8% after 30 minutes (README, Time budget); in shorter budgets the narrow net's extra
-# epochs won (README, Benchmarks).
+# widths) trains it instead: the `long` recipe's own length, at which it reached 90.4-90.5% (bf16) and 90.36% (fp32,
+# Ice Lake) where the quarter-width net stayed at 89.4-89.8% after 30 minutes (README, "First-run figures").
 WIDER_MIN_EPOCHS = 8
 # The wider net is timed only where its FLOPs say this fraction of those epochs may fit: wide convolutions run
 # nearer the CPU's peak (an Ice Lake: 3.0x the narrow net's step time for 3.6x its FLOPs), so FLOPs guess low.
