@@ -259,7 +259,9 @@ def size_to_budget(
     probe = measure_throughput(config, data, logger)
     plan = _plan(config, data, seconds, probe)
     if wider is not None:
-        config, probe, plan = _narrow_or_wider(config, wider, data, budget, probe, plan, logger)
+        config, probe, plan, decision = _narrow_or_wider(config, wider, data, budget, probe, plan, logger)
+        logger.info(f"time budget: {decision}")
+        plan = dataclasses.replace(plan, decision=decision)
     budget.eval_seconds_hint = len(data.val_labels) / probe.eval_images_per_second
     budget.low_res_cost, budget.whiten_bias_cost = probe.low_res_cost, probe.whiten_bias_cost
     logger.info(
@@ -290,9 +292,9 @@ def _narrow_or_wider(
     probe: Throughput,
     plan: BudgetPlan,
     logger: logging.Logger,
-) -> tuple[TrainConfig, Throughput, BudgetPlan]:
-    """`wider` with its probe and plan where WIDER_MIN_EPOCHS of its epochs fit, else `config` re-planned for the
-    time the wider probe took; each plan says which and why (`decision`)."""
+) -> tuple[TrainConfig, Throughput, BudgetPlan, str]:
+    """`wider` with its probe and plan where WIDER_MIN_EPOCHS of its epochs fit, else `config` (re-planned for the
+    time the wider probe took, if it ran); and the decision in words: which one trains, and why."""
     ratio = forward_flops(wider.architecture, wider.widths) / forward_flops(config.architecture, config.widths)
     guess_ips = probe.train_images_per_second / ratio  # at full size, as the wider recipe trains
     guess = dataclasses.replace(
@@ -305,12 +307,12 @@ def _narrow_or_wider(
     guessed = _plan(wider, data, budget.seconds, guess)
     need = WIDER_MIN_EPOCHS * guessed.steps_per_epoch
     if guessed.steps < WIDER_PROBE_FRACTION * need:
+        epochs = guessed.steps / guessed.steps_per_epoch
         decision = (
-            f"narrow net: about {guessed.steps / guessed.steps_per_epoch:.1f} epochs of the {ratio:.1f}x wider one"
-            f" would fit by its FLOPs (it trains from {WIDER_MIN_EPOCHS}; not timed)"
+            f"narrow net: about {epochs:.1f} epochs of the {ratio:.1f}x wider one would fit by its FLOPs (it trains"
+            f" from {WIDER_MIN_EPOCHS}; not timed)"
         )
-        logger.info(f"time budget: {decision}")
-        return config, probe, dataclasses.replace(plan, decision=decision)
+        return config, probe, plan, decision
     wide = measure_throughput(wider, data, logger)
     spent = time.perf_counter() - budget.started
     wide = dataclasses.replace(wide, seconds=spent)  # both probes came out of the budget
@@ -319,12 +321,10 @@ def _narrow_or_wider(
     figures = f"{wide.train_images_per_second:.0f} img/s against {probe.train_images_per_second:.0f}"
     if wide_plan.steps >= need:
         decision = f"wider net {wider.widths}: {epochs:.1f} epochs fit (>= {WIDER_MIN_EPOCHS}; {figures})"
-        logger.info(f"time budget: {decision}")
-        return wider, wide, dataclasses.replace(wide_plan, decision=decision)
+        return wider, wide, wide_plan, decision
     decision = f"narrow net: {epochs:.1f} epochs of the wider {wider.widths} fit (< {WIDER_MIN_EPOCHS}; {figures})"
-    logger.info(f"time budget: {decision}")
     probe = dataclasses.replace(probe, seconds=spent)
-    return config, probe, dataclasses.replace(_plan(config, data, budget.seconds, probe), decision=decision)
+    return config, probe, _plan(config, data, budget.seconds, probe), decision
 
 
 def steps_that_fit(
