@@ -44,8 +44,7 @@ def sized_config(
     if budget_s is None:
         return config, None
     if previous is not None:
-        planned = previous["config"]
-        return TrainConfig(**{**planned, "widths": tuple(planned["widths"])}), None
+        return TrainConfig.from_hyperparameters(previous["config"]), None
     sized, budget, probe, plan = size_to_budget(config, data, budget_s, logger, wider)
     log_budget(tracking, run_id, probe, plan)
     return sized, budget

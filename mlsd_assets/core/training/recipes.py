@@ -99,6 +99,11 @@ class TrainConfig:
     def hyperparameters(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "widths": list(self.widths)}
 
+    @classmethod
+    def from_hyperparameters(cls, values: dict[str, Any]) -> TrainConfig:
+        """The config `hyperparameters()` gave (as a checkpoint keeps it)."""
+        return cls(**{**values, "widths": tuple(values["widths"])})
+
 
 # Named recipes: the TrainConfig fields that differ from its defaults (= "fast"). "long" is "fast" on
 # airbench94's full widths, at full resolution throughout (as measured); "sgd" is airbench94's own SGD recipe
