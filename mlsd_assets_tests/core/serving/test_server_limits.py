@@ -234,8 +234,9 @@ class RecordingPredictor:
 
 
 @contextmanager
-def serve_in_thread(app) -> Iterator[str]:  # noqa: ANN001
-    """uvicorn with the server's own protocol class, in a thread of this process (so the test sees the app)."""
+def serve_in_thread(app, protocol: type | None = None) -> Iterator[str]:  # noqa: ANN001
+    """uvicorn with a protocol class of the server's (default: without the infer fast path), in a thread of this
+    process (so the test sees the app)."""
     import threading
 
     import uvicorn
@@ -243,7 +244,10 @@ def serve_in_thread(app) -> Iterator[str]:  # noqa: ANN001
     from mlsd_assets.core.serving.server.protocol import BoundedHttpToolsProtocol
 
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=BoundedHttpToolsProtocol, log_level="warning")
+    http = protocol or BoundedHttpToolsProtocol
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, http=http, log_level="warning", loop="uvloop", proxy_headers=False
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -259,9 +263,9 @@ def serve_in_thread(app) -> Iterator[str]:  # noqa: ANN001
 
 
 def test_a_request_alone_runs_at_once_and_concurrent_ones_still_share_batches(tiny_model: Path):
-    """Default batching (no queue delay): a request alone in the server runs the model in its own task, with no
-    hop through the queue; requests that arrive together on open connections are still coalesced, each answered
-    with its own logits."""
+    """Default batching (no queue delay), through the ASGI app: a request alone in the server runs the model in
+    its own task, with no hop through the queue; requests that arrive together on open connections are still
+    coalesced, each answered with its own logits."""
     from mlsd_assets.core.serving.server.app import create_app
 
     images, _ = make_images(40, seed=11)
@@ -296,3 +300,146 @@ def test_a_request_alone_runs_at_once_and_concurrent_ones_still_share_batches(ti
     shared = calls[1:-8]
     assert sum(n for n, _ in shared) == 15 and max(n for n, _ in shared) > 1, calls
     assert all(not in_task for n, in_task in shared if n > 1), calls  # batches run from the queue
+
+
+def _fast_path_spy(app) -> list[bool]:  # noqa: ANN001
+    """Notes, per request the protocol offered to the app's fast path, whether it was answered there."""
+    offered, answer_now = [], app.answer_now
+
+    def spy(scope, body):  # noqa: ANN001, ANN202
+        answer = answer_now(scope, body)
+        offered.append(answer is not None)
+        return answer
+
+    app.answer_now = spy
+    return offered
+
+
+def test_the_server_protocol_answers_a_request_alone_without_a_task_and_still_batches_company(tiny_model: Path):
+    """The server's own protocol: a request alone is answered from the protocol (no ASGI task), with the same
+    logits and the same request metrics; requests that arrive together still start tasks and share batches."""
+    from mlsd_assets.core.serving.server.app import create_app
+    from mlsd_assets.core.serving.server.protocol import InferProtocol
+
+    images, _ = make_images(40, seed=12)
+    expected = ort.InferenceSession(str(tiny_model), providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"images": images}
+    )[0]
+    predictor = RecordingPredictor(tiny_model)
+    app = create_app(predictor)
+    offered = _fast_path_spy(app)
+
+    async def post(http: httpx.AsyncClient, i: int) -> np.ndarray:
+        content, headers = infer_body("images", "logits", images[i : i + 1])
+        r = await http.post(INFER, content=content, headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "application/octet-stream" and "date" in r.headers
+        return infer_outputs(r.content, r.headers.get("inference-header-content-length"))["logits"][0]
+
+    async def scenario(base_url: str) -> tuple[list[np.ndarray], list, list[bool]]:
+        async with httpx.AsyncClient(base_url=base_url, limits=httpx.Limits(max_connections=16)) as http:
+            answers = await asyncio.gather(*(post(http, i) for i in range(16)))  # opens 16 keep-alive connections
+            predictor.calls.clear()
+            answers += [await post(http, i) for i in range(16, 24)]  # one by one: each alone
+            alone = (list(predictor.calls), offered[-8:])
+            predictor.calls.clear()
+            predictor.hold_s = 0.3  # the next call holds the model: the others arrive meanwhile
+            first = asyncio.create_task(post(http, 24))
+            await asyncio.sleep(0.1)
+            answers += await asyncio.gather(first, *(post(http, i) for i in range(25, 40)))
+        return answers, *alone
+
+    with serve_in_thread(app, InferProtocol) as base_url:
+        answers, alone_calls, alone_offered = asyncio.run(scenario(base_url))
+        counted = samples(base_url, "mlsd_requests_total")
+    np.testing.assert_allclose(np.stack(answers), expected, rtol=1e-5, atol=1e-6)
+    assert alone_calls == [(1, False)] * 8 and alone_offered == [True] * 8, (alone_calls, alone_offered)
+    shared = predictor.calls[1:]
+    assert predictor.calls[0] == (1, False), predictor.calls  # the held one: alone, answered from the protocol
+    assert sum(n for n, _ in shared) == 15 and max(n for n, _ in shared) > 1, predictor.calls
+    infer_200 = (("method", "POST"), ("route", "/v2/models/{name}/infer"), ("status", "200"))
+    assert counted[infer_200] == 40, counted
+
+
+def _responses(data: bytes) -> list[tuple[int, dict[bytes, bytes], bytes]]:
+    """The HTTP/1.1 responses in `data`, in order: (status, headers, body)."""
+    import httptools
+
+    class Collect:
+        def __init__(self) -> None:
+            self.done: list[tuple[int, dict[bytes, bytes], bytes]] = []
+
+        def on_message_begin(self) -> None:
+            self.headers, self.body = {}, b""
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.headers[name.lower()] = value
+
+        def on_body(self, body: bytes) -> None:
+            self.body += body
+
+        def on_message_complete(self) -> None:
+            self.done.append((parser.get_status_code(), self.headers, self.body))
+
+    collect = Collect()
+    parser = httptools.HttpResponseParser(collect)
+    parser.feed_data(data)
+    return collect.done
+
+
+def _raw_request(images: np.ndarray, *extra: bytes) -> tuple[bytes, bytes]:
+    content, headers = infer_body("images", "logits", images)
+    head = [f"POST {INFER} HTTP/1.1", "Host: test", f"Content-Length: {len(content)}"]
+    head += [f"{k}: {v}" for k, v in headers.items()] + [e.decode() for e in extra]
+    return ("\r\n".join(head) + "\r\n\r\n").encode(), content
+
+
+def test_the_server_protocol_keeps_http_semantics_on_its_fast_path(tiny_model: Path):
+    """Pipelined requests are answered in order, each with its own logits; a body slower than the hold and a
+    `Connection: close` request go through the ASGI app (and the latter's connection is closed); a client error
+    is answered by the app with its reason. (A body right behind its head, as httpx sends it: the test above.)"""
+    from mlsd_assets.core.serving.server.app import create_app
+    from mlsd_assets.core.serving.server.model import Predictor
+    from mlsd_assets.core.serving.server.protocol import InferProtocol
+
+    images, _ = make_images(4, seed=13)
+    expected = ort.InferenceSession(str(tiny_model), providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"images": images}
+    )[0]
+    app = create_app(Predictor(tiny_model))
+    offered = _fast_path_spy(app)
+
+    def logits(response: tuple[int, dict[bytes, bytes], bytes]) -> np.ndarray:
+        status, headers, body = response
+        assert status == 200, body
+        length = headers.get(b"inference-header-content-length")
+        return infer_outputs(body, length.decode() if length else None)["logits"][0]
+
+    quick = type("QuickProtocol", (InferProtocol,), {"hold_body_s": 0.05})
+    with serve_in_thread(app, quick) as base_url:
+        with socket.create_connection(("127.0.0.1", port_of(base_url))) as sock:
+            sock.sendall(b"".join(b"".join(_raw_request(images[i : i + 1])) for i in range(3)))  # pipelined
+            data = b""
+            sock.settimeout(10)
+            while len(_responses(data)) < 3:
+                data += sock.recv(65536)
+            pipelined = [logits(r) for r in _responses(data)]
+            head, content = _raw_request(images[3:4])
+            sock.sendall(head + content[:10])
+            time.sleep(0.2)
+            sock.sendall(content[10:])  # the rest after the hold: the ASGI app had started reading it
+            data = b""
+            while not _responses(data):
+                data += sock.recv(65536)
+            split = logits(_responses(data)[0])
+            head, content = _raw_request(images[:1], b"Connection: close")
+            sock.sendall(head + content)
+            closing = _responses(recv_all(sock))
+        bad = httpx.post(base_url + INFER, content=b'{"inputs": 3}', headers={"content-type": "application/json"})
+    np.testing.assert_allclose(np.stack([*pipelined, split]), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logits(closing[0]), expected[0], rtol=1e-5, atol=1e-6)
+    assert len(closing) == 1 and closing[0][1].get(b"connection") == b"close", closing
+    assert bad.status_code == 400 and "inputs" in bad.json()["error"], bad.text
+    # 3 pipelined (the first alone: answered there; the others alone once the one before is answered), the
+    # slow body and the closing request never offered, the bad one offered and left to the app.
+    assert offered == [True, True, True, False], offered

@@ -12,7 +12,7 @@ from .app import create_app
 from .batching import BatchingConfig, batch_workers
 from .inputs import Limits
 from .model import Predictor
-from .protocol import HEAD_TIMEOUT_S, MAX_HEAD_BYTES, BoundedHttpToolsProtocol
+from .protocol import HEAD_TIMEOUT_S, MAX_HEAD_BYTES, InferProtocol
 
 
 def _flag(value: str) -> bool:
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     app = create_app(predictor, limits, batching)
     protocol = type(
         "Protocol",
-        (BoundedHttpToolsProtocol,),
+        (InferProtocol,),
         {"max_head_bytes": args.max_head_bytes, "head_timeout_s": args.head_timeout_s},
     )
     logging.getLogger("mlsd_server").info(

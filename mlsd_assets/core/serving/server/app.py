@@ -109,9 +109,21 @@ class Answer(NamedTuple):
     headers: list[tuple[bytes, bytes]]
     body: bytes
 
+    @classmethod
+    def of(cls, response: Response) -> Answer:
+        return cls(response.status_code, response.raw_headers, bytes(response.body))
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.headers})
         await send({"type": "http.response.body", "body": self.body})
+
+
+def _check_encoding(headers: dict[bytes, bytes]) -> None:
+    encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+    if encoding != b"identity":
+        raise InputError(
+            415, f"Content-Encoding {encoding.decode('latin-1')!r} is not accepted: send the body uncompressed"
+        )
 
 
 def _error(status: int, reason: str) -> Response:
@@ -119,6 +131,11 @@ def _error(status: int, reason: str) -> Response:
     if status in (408, 413, 503):  # the body may be unread: close, rather than wait for the rest of it
         headers["connection"] = "close"
     return JSONResponse({"error": reason}, status_code=status, headers=headers)
+
+
+def _internal_error(path: str, exc: Exception) -> Response:
+    log.exception("internal error on POST %s", path)
+    return _error(500, f"internal server error: {type(exc).__name__}: {exc}")
 
 
 def _model_metadata(predictor: Predictor, limits: Limits, batching: BatchingConfig, workers: int) -> bytes:
@@ -169,6 +186,8 @@ class _Endpoints:
         self.budget = ByteBudget(limits.max_inflight_bytes)
         self.parser = RequestParser(contract.input_name, contract.image_shape, limits)
         self.model_json = _model_metadata(predictor, limits, batching, self.batcher.workers)
+        name, version = contract.name, contract.version
+        self.infer_paths = frozenset({f"/v2/models/{name}/infer", f"/v2/models/{name}/versions/{version}/infer"})
 
     def routes(self) -> list[Route]:
         model, versioned = "/v2/models/{name}", "/v2/models/{name}/versions/{version}"
@@ -228,26 +247,54 @@ class _Endpoints:
             seconds = time.perf_counter() - start
             asyncio.get_running_loop().call_soon(self.metrics.count_request, INFER_ROUTE, "POST", status, seconds)
 
-    async def _answer(self, scope: Scope, receive: Receive) -> Answer | Response:
+    def answer_now(self, scope: Scope, body: bytes | bytearray) -> Answer | None:
+        """An infer request alone in the server whose whole small body the protocol already holds, answered on the
+        spot: no task, no ASGI messages, no queue. None: not one (another path, a big body, a client error, a
+        request the batcher would queue); the protocol then serves it through `infer`, which parses it again."""
+        start = time.perf_counter()
+        if scope["method"] != "POST" or scope["path"] not in self.infer_paths or len(body) > OFFLOAD_BYTES:
+            return None
+        headers = dict(scope["headers"])
+        try:
+            _check_encoding(headers)
+            parsed = self._parse(headers, body)
+        except InputError:
+            return None
+        if not self.batcher.can_run_now(parsed.images):
+            return None
+        try:
+            answer = self._respond(parsed, self.batcher.run_now(parsed.images))
+        except Exception as exc:
+            answer = Answer.of(_internal_error(scope["path"], exc))
+        seconds = time.perf_counter() - start
+        asyncio.get_running_loop().call_soon(
+            self.metrics.count_request, INFER_ROUTE, "POST", answer.status_code, seconds
+        )
+        return answer
+
+    def _respond(self, parsed: InferRequest, logits: np.ndarray) -> Answer:
+        contract = self.contract
+        return _infer_response(parsed, logits, contract.name, contract.version, contract.output_name)
+
+    def _parse(self, headers: dict[bytes, bytes], body: bytes | bytearray) -> InferRequest:
+        length = headers.get(HEADER_LENGTH)
+        parsed = self.parser.parse(body, length.decode("latin-1") if length is not None else None)
         output = self.contract.output_name
+        unknown = [o for o in parsed.outputs or (output,) if o != output]
+        if unknown:
+            raise InputError(400, f"unknown outputs {unknown}: this model's output is {output!r}")
+        return parsed
+
+    async def _answer(self, scope: Scope, receive: Receive) -> Answer | Response:
         headers = dict(scope["headers"])
         held = [0]
         try:
-            encoding = headers.get(b"content-encoding", b"identity").strip().lower()
-            if encoding != b"identity":
-                raise InputError(
-                    415, f"Content-Encoding {encoding.decode('latin-1')!r} is not accepted: send the body uncompressed"
-                )
+            _check_encoding(headers)
             body = await _read_body(headers, receive, self.limits, self.budget, held)
-            length = headers.get(HEADER_LENGTH)
-            header_length = length.decode("latin-1") if length is not None else None
             if len(body) > OFFLOAD_BYTES:
-                parsed = await asyncio.to_thread(self.parser.parse, body, header_length)
+                parsed = await asyncio.to_thread(self._parse, headers, body)
             else:
-                parsed = self.parser.parse(body, header_length)
-            unknown = [o for o in parsed.outputs or (output,) if o != output]
-            if unknown:
-                raise InputError(400, f"unknown outputs {unknown}: this model's output is {output!r}")
+                parsed = self._parse(headers, body)
             in_flight = scope.get("extensions", {}).get(REQUEST_TASKS)
             logits = await self.batcher.infer(parsed.images, alone=in_flight is not None and len(in_flight) <= 1)
         except InputError as exc:
@@ -259,11 +306,10 @@ class _Endpoints:
         except _Gone:
             return Response(status_code=CLIENT_GONE)
         except Exception as exc:
-            log.exception("internal error on POST %s", scope["path"])
-            return _error(500, f"internal server error: {type(exc).__name__}: {exc}")
+            return _internal_error(scope["path"], exc)
         finally:
             self.budget.give(held[0])
-        return _infer_response(parsed, logits, self.contract.name, self.contract.version, output)
+        return self._respond(parsed, logits)
 
     async def prometheus(self, request: Request) -> Response:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -290,9 +336,7 @@ class InferenceApp:
         self.other = MetricsMiddleware(
             Starlette(routes=routes, exception_handlers=handlers), endpoints.metrics, templates
         )
-        self.infer = endpoints.infer
-        name, version = predictor.contract.name, predictor.contract.version
-        self.infer_paths = frozenset({f"/v2/models/{name}/infer", f"/v2/models/{name}/versions/{version}/infer"})
+        self.infer, self.answer_now, self.infer_paths = endpoints.infer, endpoints.answer_now, endpoints.infer_paths
         self.metrics, self.batcher, self.budget = endpoints.metrics, endpoints.batcher, endpoints.budget
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

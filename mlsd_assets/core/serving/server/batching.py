@@ -84,13 +84,8 @@ class Batcher:
         interleave between them. `alone`: no other request is in flight, so one chunk runs now unless a queue
         delay asks to wait."""
         size = self.config.max_batch_size
-        idle = not self._queue and not self._busy
-        if alone and idle and len(images) <= size and not self.config.max_queue_delay_us:
-            try:
-                return self._timed(self._run, images, [time.perf_counter()], on_loop=True)
-            except Exception:
-                log.exception("inference failed on a request of %d images", len(images))
-                raise
+        if alone and self.can_run_now(images):
+            return self.run_now(images)
         if len(images) <= size:
             return await self._submit(images)
         slots = asyncio.Semaphore(self.workers if self._pool else 1)  # chunks of this request queued at once
@@ -100,6 +95,20 @@ class Batcher:
                 return await self._submit(images[lo : lo + size])
 
         return np.concatenate(await asyncio.gather(*(chunk(lo) for lo in range(0, len(images), size))))
+
+    def can_run_now(self, images: np.ndarray) -> bool:
+        """Whether a request alone in the server may skip the queue: nothing queued or running, one chunk, and
+        no queue delay that asks it to wait for company."""
+        idle = not self._queue and not self._busy
+        return idle and len(images) <= self.config.max_batch_size and not self.config.max_queue_delay_us
+
+    def run_now(self, images: np.ndarray) -> np.ndarray:
+        """The model on `images` on the loop's thread with all intra-op threads (see `can_run_now`)."""
+        try:
+            return self._timed(self._run, images, [time.perf_counter()], on_loop=True)
+        except Exception:
+            log.exception("inference failed on a request of %d images", len(images))
+            raise
 
     def _submit(self, images: np.ndarray) -> asyncio.Future:
         loop = asyncio.get_running_loop()
