@@ -320,15 +320,17 @@ def server_process(model: Path, threads: int, batching: bool, workers: int) -> I
         stop_process(proc, timeout_s=10)
 
 
-def floor_server(model: str, threads: int, port: int, ready) -> None:  # noqa: ANN001 (a multiprocessing Event)
+def floor_server(model: str, threads: int, one_thread_up_to: int, port: int, ready) -> None:  # noqa: ANN001 (an Event)
     """The floor under any HTTP server on this machine: a bare asyncio protocol on uvloop that reads a request's
     Content-Length, runs the same Predictor on the body's last image and answers its logits. No HTTP parsing beyond
-    that, no JSON, no routing, no metrics: what is left is the kernel's loopback, the processes' wake-ups and ORT."""
+    that, no JSON, no routing, no metrics: what is left is the kernel's loopback, the processes' wake-ups and ORT.
+    It runs small batches on one ORT thread up to the server's own `one_thread_up_to`, not its own timing's."""
     import uvloop
 
     from mlsd_assets.core.serving.server.model import Predictor
 
     predictor = Predictor(Path(model), intra_op_threads=threads)
+    predictor.one_thread_up_to = one_thread_up_to
     shape, size = predictor.contract.image_shape, predictor.contract.image_bytes
 
     class Floor(asyncio.Protocol):
@@ -357,7 +359,7 @@ def floor_server(model: str, threads: int, port: int, ready) -> None:  # noqa: A
 
 
 @contextmanager
-def floor_process(model: Path, threads: int) -> Iterator[int]:
+def floor_process(model: Path, threads: int, one_thread_up_to: int) -> Iterator[int]:
     """`floor_server` in a fresh process (spawned: no state of this one)."""
     import multiprocessing
 
@@ -365,7 +367,7 @@ def floor_process(model: Path, threads: int) -> Iterator[int]:
 
     context = multiprocessing.get_context("spawn")
     port, ready = free_port(), context.Event()
-    proc = context.Process(target=floor_server, args=(str(model), threads, port, ready), daemon=True)
+    proc = context.Process(target=floor_server, args=(str(model), threads, one_thread_up_to, port, ready), daemon=True)
     proc.start()
     try:
         if not ready.wait(120):
@@ -374,6 +376,14 @@ def floor_process(model: Path, threads: int) -> Iterator[int]:
     finally:  # SIGKILL: a child started from a shell's background job inherits SIGTERM ignored, and would outlive us
         proc.kill()
         proc.join(10)
+
+
+def server_one_thread_up_to(port: int, name: str) -> int:
+    """The server's choice, from its v2 model metadata."""
+    import httpx
+
+    meta = httpx.get(f"http://127.0.0.1:{port}/v2/models/{name}", timeout=10).json()
+    return int(meta["parameters"]["runtime"]["one_thread_up_to_images"])
 
 
 def build_server_image(model_path: Path, work: Path, base_image: str, tag: str) -> tuple[str, int]:
@@ -412,7 +422,10 @@ def measure_graph(
             server = server_process(path, args.threads, batching, args.workers)
         with server as (port, _):
             if batching:
-                with floor_process(path, args.threads) as floor_port:
+                # Bare ORT and the floor take the server's start-up choice of one ORT thread or all for small
+                # batches: each process timing its own could decide differently (~0.5 ms apart for one image).
+                predictor.one_thread_up_to = server_one_thread_up_to(port, name)
+                with floor_process(path, args.threads, predictor.one_thread_up_to) as floor_port:
                     (server_s, floor_s), bare_s = paired_latency([port, floor_port], singles, predictor, images)
                 row["bare_p50"], row["bare_p99"] = percentiles_ms(bare_s)
                 row["p50"], row["p99"] = percentiles_ms(server_s)
@@ -426,7 +439,8 @@ def measure_graph(
                 print(
                     f"  1 image: server p50 {row['p50']:.3f} ms p99 {row['p99']:.3f} ms; bare ORT p50 "
                     f"{row['bare_p50']:.3f} ms p99 {row['bare_p99']:.3f} ms; overhead {row['overhead']:+.3f} ms; "
-                    f"the floor (a bare socket server, same ORT) {row['floor']:+.3f} ms"
+                    f"the floor (a bare socket server, same ORT) {row['floor']:+.3f} ms; all three on one ORT thread"
+                    f" up to {predictor.one_thread_up_to} images (the server's start-up choice)"
                 )
                 print(
                     f"  batch {args.batch}: server {row['batched']:,.0f} images/s, bare ORT {row['bare_batched']:,.0f} "
