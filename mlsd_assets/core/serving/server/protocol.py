@@ -170,6 +170,8 @@ class InferProtocol(BoundedHttpToolsProtocol):
         head += [b"\r\n", answer.body]
         self.transport.write(b"".join(head))
         cycle.response_started = cycle.response_complete = True
+        if not cycle.keep_alive:  # the server began shutting down meanwhile (uvicorn's `shutdown`)
+            self.transport.close()
         cycle.on_response()
 
 
