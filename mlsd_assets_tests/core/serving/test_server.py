@@ -568,10 +568,37 @@ def test_the_crossover_is_timed_up_to_the_largest_batch_the_server_runs(
         return 1.0, 0.5
 
     monkeypatch.setattr(Predictor, "_time_sessions", one_thread_always_faster)
-    assert Predictor(tiny_model, intra_op_threads=2, largest_batch=4).one_thread_up_to == 4 and sizes == [1, 2, 4]
+    monkeypatch.setattr(Predictor, "confirm_after_s", 0.01)
+    assert Predictor(tiny_model, intra_op_threads=2, largest_batch=4).one_thread_up_to == 4
+    assert sizes == [1, 2, 4] * 2  # one thread won, so it was timed again
     sizes.clear()
     assert Predictor(tiny_model, intra_op_threads=2, largest_batch=64).one_thread_up_to == 64
-    assert sizes == [1, 2, 4, 8, 16, 32, 64]
+    assert sizes == [1, 2, 4, 8, 16, 32, 64] * 2
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "expected", "slept"),
+    [(0, None, 0, []), (4, 0, 0, [0.5]), (4, 2, 2, [0.5]), (2, 16, 2, [0.5])],
+)
+def test_a_choice_of_one_thread_holds_only_where_it_is_timed_again_later(
+    first: int, second: int | None, expected: int, slept: list[float]
+):
+    """A transient state of the machine (all threads as slow as one) must not fix the server's choice for its
+    life: one thread is chosen for the sizes it won at two timings `confirm_after_s` apart; all threads, the
+    usual outcome, needs no second timing."""
+    from mlsd_assets.core.serving.server.model import confirmed_crossover
+
+    rounds = iter([first, second])
+    current: list[int] = []
+    naps: list[float] = []
+
+    def time_sessions(images: int) -> tuple[float, float]:
+        if images == 1:
+            current[:] = [next(rounds)]
+        return 1.0, (0.5 if images <= current[0] else 1.0)
+
+    assert confirmed_crossover(time_sessions, 16, 0.5, sleep=naps.append) == expected
+    assert naps == slept
 
 
 def test_the_answer_is_sent_before_the_request_is_measured(tiny_model: Path, monkeypatch: pytest.MonkeyPatch):
