@@ -195,8 +195,8 @@ def confirmed_crossover(
 ) -> int:
     """`one_thread_crossover`, and when it says one thread, the same again `confirm_after_s` later: one thread
     keeps only the sizes it won both times. On a 2-core VM all threads ran as slowly as one for the whole of a
-    timing (~0.2 s) in about one fresh process of six, and the server then answered single images ~0.4 ms slower
-    for its whole life; the state did not outlast a second (README, Benchmarks)."""
+    timing (~0.2 s) in about one fresh process of six to ten, and such a server answered single images ~0.4 ms
+    slower for its whole life; timed again 0.5 s later, two of three such choices were overturned (README)."""
     first = one_thread_crossover(time_sessions, max_images)
     if not first or confirm_after_s <= 0:
         return first
