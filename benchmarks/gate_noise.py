@@ -76,9 +76,9 @@ def build(model_bytes: bytes, cache: Path, log: logging.Logger) -> tuple[object,
     client = DockerEngine().client()
     tag = f"mlsd-bench/gate-noise:{hashlib.sha256(model_bytes).hexdigest()[:12]}"
     wheelhouse = ensure_wheelhouse(cache / "wheelhouses", host_pins(), log)
-    context = write_build_context(cache / "gate-noise-context", model_bytes, wheelhouse)
     labels = {"mlsd.model_name": "gate-noise", "mlsd.model_version": "1"}
-    return client, build_image(client, context, tag, DEFAULT_BASE_IMAGE, labels, log).image_id
+    context = write_build_context(cache / "gate-noise-context", model_bytes, wheelhouse, labels)
+    return client, build_image(client, context, tag, DEFAULT_BASE_IMAGE, log).image_id
 
 
 def main() -> int:

@@ -6,10 +6,11 @@
 
 Reads the latest `cifar10_model` and `cifar10_split` artifacts (the real images), exports the fp32 graph with
 and without flip-TTA, builds every variant of mlsd_assets/core/serving/graph.py plus int8 ablations (every op
-quantized as in the naive probe, first/last layers quantized too, other calibration methods), and prints per
-variant: validation and test accuracy, argmax agreement with the fp32 reference on validation, single-image
-p50/p99 and batched images/s for each thread count, then the variant the default rule serves. Test images are
-only reported, never used to choose. Figures also go to benchmarks/out/served_graph.json.
+quantized as in the naive probe, first/last layers quantized too, other calibration methods, 7-bit weights as
+ORT advises for CPUs without VNNI), and prints per variant: validation and test accuracy, argmax agreement with
+the fp32 reference on validation, single-image p50/p99 and batched images/s for each thread count, then the
+variant the default rule serves. Test images are only reported, never used to choose. Figures also go to
+benchmarks/out/served_graph.json.
 """
 
 from __future__ import annotations
@@ -60,10 +61,12 @@ def build(model: TrainedModel, split: Cifar10Split, calibration: int) -> tuple[d
         "int8_all_convs (first conv quantized)": dict(keep_boundaries_fp32=False),
         "int8_percentile": dict(method="percentile"),
         "int8_entropy": dict(method="entropy"),
+        "int8_reduce_range (7-bit weights)": dict(reduce_range=True),
+        "int8_tta_reduce_range (7-bit weights)": dict(reduce_range=True, tta=True),
     }
     for name, options in ablations.items():
-        method = options.pop("method", "minmax")
-        variants[name] = sg.quantize_int8(graphs[False], cal, method, log, **options)  # type: ignore[arg-type]
+        method, base = options.pop("method", "minmax"), graphs[bool(options.pop("tta", False))]
+        variants[name] = sg.quantize_int8(base, cal, method, log, **options)  # type: ignore[arg-type]
     return variants, reference
 
 

@@ -392,7 +392,7 @@ def build_server_image(model_path: Path, work: Path, base_image: str, tag: str) 
 
     wheelhouse = ensure_wheelhouse(work / "wheelhouses", host_pins(), log)
     context = write_build_context(work / "context", model_path.read_bytes(), wheelhouse)
-    built = build_image(DockerEngine().client(), context, tag, base_image, {}, logging.getLogger("quiet"))
+    built = build_image(DockerEngine().client(), context, tag, base_image, logging.getLogger("quiet"))
     return built.image_id, built.size_bytes
 
 

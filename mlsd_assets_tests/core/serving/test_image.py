@@ -236,6 +236,33 @@ def test_container_removed_after_induced_failures(pipeline, docker_engine):
     assert eval_containers(client, "mlsd-test-dead") == []
 
 
+def test_labels_reach_the_image_verbatim_from_one_build_step(docker_engine, tmp_path: Path):
+    """Quotes, dollars, backslashes and spaces survive the Dockerfile, and nine labels cost one build step."""
+    from mlsd_assets.core.serving.image import DEFAULT_BASE_IMAGE, build_image, label_instruction
+
+    labels = {f"mlsd.k{i}": f"v{i}" for i in range(7)} | {
+        "org.opencontainers.image.title": "mlsd CIFAR-10 inference server",
+        "mlsd.odd": 'a "quoted" $HOME ${PATH} \\ \\n value',
+    }
+    (tmp_path / "Dockerfile").write_text("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n" + label_instruction(labels))
+    client = docker_engine.client()
+    built = build_image(client, tmp_path, f"mlsd-test/labels:{random.getrandbits(32):08x}", DEFAULT_BASE_IMAGE, log)
+    try:
+        image = client.images.get(built.image_id)
+        assert {k: v for k, v in image.labels.items() if k in labels} == labels
+        steps = [h["CreatedBy"] for h in image.history() if "LABEL" in h["CreatedBy"]]
+        assert len(steps) == 1, steps
+    finally:
+        client.images.remove(built.image_id, force=True)
+
+
+def test_a_label_with_a_control_character_is_refused_by_name():
+    from mlsd_assets.core.serving.image import label_instruction
+
+    with pytest.raises(ValueError, match=r"image label 'two\\nlines'.*control characters"):
+        label_instruction({"mlsd.note": "two\nlines"})
+
+
 def test_no_engine_is_a_clear_failure(tmp_path: Path):
     from mlsd_assets.resources import DockerEngine, EngineUnavailableError
 
@@ -267,5 +294,5 @@ def test_a_build_the_engine_refuses_says_why(tmp_path: Path):
                 raise docker.errors.APIError(f"500 Server Error for {url}", refused, explanation=reason)
 
     with pytest.raises(ImageBuildError) as e:
-        build_image(RefusingEngine(), tmp_path, "mlsd/cifar10-server:v1", "base", {}, logging.getLogger("t"))
+        build_image(RefusingEngine(), tmp_path, "mlsd/cifar10-server:v1", "base", logging.getLogger("t"))
     assert str(e.value) == f"building mlsd/cifar10-server:v1 failed: the engine refused it (500): {reason}"
