@@ -182,10 +182,11 @@ def train_preset(
     )
     config = recipe_config(preset, threads=args.threads, **overrides)
     arrays = TrainData(x_train, y_train, x_test, y_test, mean, std)  # type: ignore[arg-type]
-    budget = None
+    budget, probe_steps = None, 0
     wall = time.perf_counter()
     if budget_s is not None:
-        config, budget, _, _ = size_to_budget(config, arrays, budget_s, log)
+        config, budget, probe, _ = size_to_budget(config, arrays, budget_s, log)
+        probe_steps = probe.trained_steps  # trained before `steps`, inside the budget's wall time
     print(f"config {preset}: {config.hyperparameters()}")
     curve: list[tuple[float, float | None]] = []  # None: an epoch at low resolution, not tested
 
@@ -212,6 +213,7 @@ def train_preset(
         tta.append(f"tta{level}={float((logits.argmax(1) == y_test).mean()):.4f}")
     print(
         f"RESULT preset={preset} arch={config.architecture} epochs={len(result.history)} steps={result.steps}"
+        f" probe_steps={probe_steps}"
         f" precision={result.precision}"
         f" final_test_acc(fp32{', flip-TTA' if config.flip_tta else ''})={accuracy:.4f}"
         f" train_s={curve[-1][0]:.1f} wall_s={wall:.1f} images/s={images / curve[-1][0]:.0f}"

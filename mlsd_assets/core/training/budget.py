@@ -14,16 +14,18 @@ import torch
 from torch import nn
 
 from mlsd_assets.core.platform.env_info import cpu_info
-from mlsd_assets.core.training.models import AirbenchNet, forward_flops
+from mlsd_assets.core.training.models import AirbenchNet, InferenceModel, forward_flops
 from mlsd_assets.core.training.recipes import TrainConfig
 from mlsd_assets.core.training.steps import (
     conv_weight_grad,
     evaluate,
+    lr_factor,
     make_optimizers,
     on_device,
     pick_device,
     prepare_model,
     resolve_precision,
+    set_lr,
     train_batches,
     train_step,
 )
@@ -39,6 +41,7 @@ WIDER_MIN_EPOCHS = 8
 # The wider net is timed only where its FLOPs say this fraction of those epochs may fit: wide convolutions run
 # nearer the CPU's peak (an Ice Lake: 3.0x the narrow net's step time for 3.6x its FLOPs), so FLOPs guess low.
 WIDER_PROBE_FRACTION = 0.75
+PROBE_EPOCHS = 1_000_000  # the probe draws its batches from epochs this far on
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class Throughput:
     cpu_flags: str
     low_res_cost: float = 1.0  # a progressive-resizing step's time / a full-size one's (1.0: no such phase)
     whiten_bias_cost: float = 1.0  # a step training the whitening bias / one with it frozen (1.0: never trained)
+    trained_steps: int = 0  # the probe's steps, which training continues from (WarmStart)
 
     def record(self) -> dict[str, Any]:
         return {f"probe.{k}": v for k, v in dataclasses.asdict(self).items()}
@@ -123,6 +127,23 @@ class BudgetPlan:
         return {f"budget.{k}": v for k, v in dataclasses.asdict(self).items()}
 
 
+@dataclass
+class WarmStart:
+    """The probe's model and optimizers after its real training steps, which the run continues from (its lr
+    schedule then starts at step 0): the probe's steps train the model instead of being thrown away. On 2 cores
+    they were 5 steps of 2,000 images in 7-26 s, 1.5-5.5% of an 8-minute budget (README, Benchmarks)."""
+
+    model: InferenceModel
+    optimizers: list[torch.optim.Optimizer]
+    steps: int
+    config: TrainConfig  # the recipe it was made with (its length aside)
+
+    def fits(self, config: TrainConfig) -> bool:
+        """Whether `config` trains this model: the same recipe, whatever its length."""
+        length = {"epochs": 1, "max_steps": 0}
+        return dataclasses.replace(self.config, **length) == dataclasses.replace(config, **length)
+
+
 def measure_throughput(
     config: TrainConfig,
     data: TrainData,
@@ -131,10 +152,23 @@ def measure_throughput(
     device: torch.device | None = None,
     max_seconds: float = 15.0,
 ) -> Throughput:
+    """What `probe_training` measures, the model it trained set aside (benchmarks that only time)."""
+    return probe_training(config, data, logger, steps, device, max_seconds)[0]
+
+
+def probe_training(
+    config: TrainConfig,
+    data: TrainData,
+    logger: logging.Logger,
+    steps: int = 1,
+    device: torch.device | None = None,
+    max_seconds: float = 15.0,
+) -> tuple[Throughput, WarmStart]:
     """Time `steps` real training steps at 32 px (fewer once `max_seconds` have passed; after one warm-up step)
-    on a throwaway copy of the model, and one fewer (at least one) of each kind of step the run starts with: at
-    its low resolution, and with the whitening bias trained, then frozen; and one validation batch. The loader,
-    precision, threads and memory layout are the ones training will use. One timed step per kind is the
+    on the run's model, and one fewer (at least one) of each kind of step the run starts with: at its low
+    resolution, and with the whitening bias trained, then frozen; and one validation batch. The loader,
+    precision, threads and memory layout are the ones training will use, and so is the model: the steps are
+    real ones at the schedule's first lr, handed to training as a `WarmStart`. One timed step per kind is the
     default: training re-sizes its horizon from its own speed at the first progress line, so a longer probe
     bought little (on an Ice Lake, probes one after another in one process: 20-23 s with three timed steps,
     11-12 s with one; 16 s for command 1's one, which also sets up oneDNN)."""
@@ -148,15 +182,20 @@ def measure_throughput(
     optimizers = make_optimizers(model.net, config)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     batches = train_batches(config, data.train_images, data.train_labels)
+    set_lr(optimizers, lr_factor(config, 0, max(len(batches), 1) * config.epochs))
     model.train()
+    trained = 0
 
     def images_per_second(size: int, steps: int, warm: bool = True) -> float:
+        nonlocal trained
         images, timed_from = 0, time.perf_counter()
         for n in range(steps + warm):
-            x, y = next(iter(on_device(batches.epoch(n), device)))
+            # the first batch of an epoch the run never reaches: random images, none of them the run's own first
+            x, y = next(iter(on_device(batches.epoch(PROBE_EPOCHS + trained), device)))
             if warm and n == 1:  # the first step warms caches and oneDNN primitives (per size): not timed
                 timed_from = time.perf_counter()
             train_step(model, optimizers, loss_fn, x, y, precision, size)
+            trained += 1
             images += len(y) if n or not warm else 0
             if images and time.perf_counter() - timed_from >= max_seconds:
                 break  # a slow machine: one timed step is enough, the budget is better spent training
@@ -191,6 +230,7 @@ def measure_throughput(
         cpu_flags=cpu["cpu.flags"],
         low_res_cost=low_res_cost,
         whiten_bias_cost=whiten_bias_cost,
+        trained_steps=trained,
     )
     prices = [f"{low_res_cost:.2f}x the time at {config.low_res_size} px"] if low_res else []
     prices += [f"{whiten_bias_cost:.2f}x while the whitening bias trains"] if bias else []
@@ -198,9 +238,9 @@ def measure_throughput(
     logger.info(
         f"throughput probe: {train_ips:.0f} train img/s{priced}, {eval_ips:.0f} validation img/s ({precision},"
         f" {result.threads} threads, {result.conv_weight_grad} conv weight gradient, {result.cpu_model};"
-        f" {cpu['cpu.flags']}) in {result.seconds:.1f}s"
+        f" {cpu['cpu.flags']}) in {result.seconds:.1f}s; its {trained} steps are the run's first"
     )
-    return result
+    return result, WarmStart(model, optimizers, trained, config)
 
 
 def plan_budget(
@@ -256,12 +296,13 @@ def size_to_budget(
     `wider` (a wider net's recipe) on offer, the budget trains that one where WIDER_MIN_EPOCHS of its epochs fit
     (timed by a second probe, run only where its FLOPs say it may fit)."""
     budget = TimeBudget(seconds)
-    probe = measure_throughput(config, data, logger)
+    probe, warm = probe_training(config, data, logger)
     plan = _plan(config, data, seconds, probe)
     if wider is not None:
-        config, probe, plan, decision = _narrow_or_wider(config, wider, data, budget, probe, plan, logger)
+        config, probe, plan, decision, warm = _narrow_or_wider(config, wider, data, budget, (probe, warm), plan, logger)
         logger.info(f"time budget: {decision}")
         plan = dataclasses.replace(plan, decision=decision)
+    budget.warm = warm
     budget.eval_seconds_hint = len(data.val_labels) / probe.eval_images_per_second
     budget.low_res_cost, budget.whiten_bias_cost = probe.low_res_cost, probe.whiten_bias_cost
     logger.info(
@@ -289,12 +330,14 @@ def _narrow_or_wider(
     wider: TrainConfig,
     data: TrainData,
     budget: TimeBudget,
-    probe: Throughput,
+    probed: tuple[Throughput, WarmStart],
     plan: BudgetPlan,
     logger: logging.Logger,
-) -> tuple[TrainConfig, Throughput, BudgetPlan, str]:
-    """`wider` with its probe and plan where WIDER_MIN_EPOCHS of its epochs fit, else `config` (re-planned for the
-    time the wider probe took, if it ran); and the decision in words: which one trains, and why."""
+) -> tuple[TrainConfig, Throughput, BudgetPlan, str, WarmStart]:
+    """`wider` with its probe, plan and probe's model where WIDER_MIN_EPOCHS of its epochs fit, else `config`'s
+    (re-planned for the time the wider probe took, if it ran); and the decision in words: which one trains, and
+    why."""
+    probe, warm = probed
     ratio = forward_flops(wider.architecture, wider.widths) / forward_flops(config.architecture, config.widths)
     guess_ips = probe.train_images_per_second / ratio  # at full size, as the wider recipe trains
     guess = dataclasses.replace(
@@ -312,8 +355,8 @@ def _narrow_or_wider(
             f"narrow net: about {epochs:.1f} epochs of the {ratio:.1f}x wider one would fit by its FLOPs (it trains"
             f" from {WIDER_MIN_EPOCHS}; not timed)"
         )
-        return config, probe, plan, decision
-    wide = measure_throughput(wider, data, logger)
+        return config, probe, plan, decision, warm
+    wide, wide_warm = probe_training(wider, data, logger)
     spent = time.perf_counter() - budget.started
     wide = dataclasses.replace(wide, seconds=spent)  # both probes came out of the budget
     wide_plan = _plan(wider, data, budget.seconds, wide)
@@ -321,10 +364,10 @@ def _narrow_or_wider(
     figures = f"{wide.train_images_per_second:.0f} img/s against {probe.train_images_per_second:.0f}"
     if wide_plan.steps >= need:
         decision = f"wider net {wider.widths}: {epochs:.1f} epochs fit (>= {WIDER_MIN_EPOCHS}; {figures})"
-        return wider, wide, wide_plan, decision
+        return wider, wide, wide_plan, decision, wide_warm
     decision = f"narrow net: {epochs:.1f} epochs of the wider {wider.widths} fit (< {WIDER_MIN_EPOCHS}; {figures})"
     probe = dataclasses.replace(probe, seconds=spent)
-    return config, probe, _plan(config, data, budget.seconds, probe), decision
+    return config, probe, _plan(config, data, budget.seconds, probe), decision, warm
 
 
 def steps_that_fit(
@@ -357,14 +400,15 @@ def steps_that_fit(
 class TimeBudget:
     """A deadline for a running training: `seconds` from `started` (by default, when this is made), less the
     reserve; and the prices the probe measured, which training starts from: `eval_seconds_hint` stands for a
-    validation pass until training has timed one, `low_res_cost` is a low-resolution step's price and
-    `whiten_bias_cost` the factor on a step that trains the whitening bias."""
+    validation pass until training has timed one, `low_res_cost` is a low-resolution step's price,
+    `whiten_bias_cost` the factor on a step that trains the whitening bias, and `warm` the probe's model."""
 
     seconds: float
     eval_seconds_hint: float = 0.0
     low_res_cost: float = 1.0
     whiten_bias_cost: float = 1.0
     started: float = field(default_factory=time.perf_counter)
+    warm: WarmStart | None = None  # the probe's trained model, which training continues from
 
     def left(self) -> float:
         return self.seconds * (1 - BUDGET_RESERVE) - (time.perf_counter() - self.started)

@@ -124,15 +124,23 @@ def train(
     every epoch): a net not yet trained at 32 px reads low there, is never the best, and the passes would
     cost ~8% of a short run. With a `budget`, the remaining steps (and the lr schedule's horizon) are re-sized
     after every epoch and at every progress line from the speed just measured, so that training ends on time
-    even when the machine gets slower or faster. An exception from `on_epoch` propagates unchanged; the
+    even when the machine gets slower or faster; a budget from `size_to_budget` also hands over the probe's
+    model (`budget.warm`), whose steps training continues from. An exception from `on_epoch` propagates unchanged; the
     checkpoint then holds that epoch."""
     device = pick_device()
     precision = _setup(config, device, logger)
     if len(data.val_labels) == 0:
         raise ValueError("validation split is empty: model selection needs validation images")
-    model = prepare_model(config, data.train_images, data.mean, data.std, device, precision)
+    warm = budget.warm if budget is not None else None
+    if warm is not None:  # the probe's model, after its steps (they counted against the budget too)
+        if not warm.fits(config):
+            raise ValueError("time budget: its probe trained another recipe than this run's; size it again")
+        model, optimizers, budget.warm = warm.model, warm.optimizers, None
+        logger.info(f"training continues from the throughput probe's {warm.steps} steps")
+    else:
+        model = prepare_model(config, data.train_images, data.mean, data.std, device, precision)
+        optimizers = make_optimizers(model.net, config)
     batches = train_batches(config, data.train_images, data.train_labels)
-    optimizers = make_optimizers(model.net, config)
     lookahead = Lookahead(model.net) if config.lookahead else None
     # the run's steps and validation passes, priced as the budget's probe measured them
     bias_steps = config.whiten_bias_epochs * len(batches) if isinstance(model.net, AirbenchNet) else 0

@@ -8,6 +8,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from mlsd_assets.core.training import budget as budget_module
 from mlsd_assets.core.training.budget import (
@@ -18,9 +19,11 @@ from mlsd_assets.core.training.budget import (
     TimeBudget,
     budgeted,
     plan_budget,
+    probe_training,
     size_to_budget,
 )
 from mlsd_assets.core.training.recipes import recipe_config
+from mlsd_assets.core.training.steps import prepare_model
 from mlsd_assets.core.training.train import TrainData, _Progress, total_steps, train
 from mlsd_assets_tests.synthetic import make_split
 from mlsd_assets_tests.training.tiny import TINY
@@ -87,13 +90,38 @@ def test_tiny_budget_is_met_within_ten_percent(caplog: pytest.LogCaptureFixture)
         assert plan.steps >= 5  # enough work that the check means something
         assert time_budget.eval_seconds_hint == pytest.approx(len(data.val_labels) / probe.eval_images_per_second)
         assert (sized.max_steps, sized.epochs) == (plan.steps, plan.epochs)
+        warm = time_budget.warm  # the probe's steps (bias trained, frozen, full size) were real ones
+        assert warm is not None and warm.steps == probe.trained_steps == 5 and warm.fits(sized)
+        probed = _weights(warm.model)
+        torch.manual_seed(config.seed)
+        fresh = prepare_model(config, data.train_images, data.mean, data.std, torch.device("cpu"), "fp32")
+        assert not _same(probed, _weights(fresh))
         result = train(data, sized, LOG, progress_every=1.0, budget=time_budget)
     elapsed = time.perf_counter() - start
+    assert time_budget.warm is None and not _same(probed, _weights(warm.model))  # training went on with it
+    assert any("continues from the throughput probe's 5 steps" in r.getMessage() for r in caplog.records)
     assert result.steps >= 5 and len(result.history) == -(-result.steps // plan.steps_per_epoch)
     assert abs(elapsed - budget) <= 0.1 * budget, (elapsed, plan)
     progress = [r.getMessage() for r in caplog.records if "run ETA" in r.getMessage()]
     assert len(progress) >= 5, progress  # one a second, as asked (the asset logs one every 20 s)
     assert all("img/s" in line and "epoch ETA" in line for line in progress)
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_probe_of_another_recipe_is_refused_by_training() -> None:
+    data = TrainData.from_split(make_split(200, 50, 20))
+    config = recipe_config("fast", **TINY)
+    _, warm = probe_training(config, data, LOG)
+    with pytest.raises(ValueError, match="probe trained another recipe"):
+        train(data, dataclasses.replace(config, lr=config.lr / 2), LOG, budget=TimeBudget(30.0, warm=warm))
+    assert warm.fits(dataclasses.replace(config, epochs=7, max_steps=40))  # its length is the budget's to set
 
 
 def test_a_spent_budget_adds_no_more_steps() -> None:
@@ -183,16 +211,17 @@ def test_the_plan_pays_for_the_whitening_bias_epochs() -> None:
 
 
 def _fake_probes(monkeypatch: pytest.MonkeyPatch, ips: dict[tuple[int, int, int], float]) -> list[tuple[int, ...]]:
-    """measure_throughput as a CPU where each net trains at `ips[widths]` img/s (0.2 s a probe); returns the
+    """probe_training as a CPU where each net trains at `ips[widths]` img/s (0.2 s a probe); returns the
     widths probed, in order."""
     probed: list[tuple[int, ...]] = []
 
     def measure(config, data, logger):  # type: ignore[no-untyped-def]
         probed.append(config.widths)
         time.sleep(0.2)
-        return _throughput(ips[config.widths], eval_ips=ips[config.widths] * 1.5, seconds=0.2)
+        warm = SimpleNamespace(config=config)  # what training would continue from
+        return _throughput(ips[config.widths], eval_ips=ips[config.widths] * 1.5, seconds=0.2), warm
 
-    monkeypatch.setattr(budget_module, "measure_throughput", measure)
+    monkeypatch.setattr(budget_module, "probe_training", measure)
     return probed
 
 
@@ -202,8 +231,8 @@ DATA_45K = SimpleNamespace(train_labels=range(45_000), val_labels=range(5_000)) 
 
 def test_a_budget_that_fits_enough_epochs_of_the_wider_net_trains_it(monkeypatch: pytest.MonkeyPatch) -> None:
     probed = _fake_probes(monkeypatch, {NARROW: 800.0, WIDE: 300.0})  # 3.6x the FLOPs, 2.7x the time
-    sized, _, probe, plan = size_to_budget(recipe_config("fast"), DATA_45K, 1800.0, LOG, recipe_config("long"))
-    assert probed == [NARROW, WIDE]
+    sized, budget, probe, plan = size_to_budget(recipe_config("fast"), DATA_45K, 1800.0, LOG, recipe_config("long"))
+    assert probed == [NARROW, WIDE] and budget.warm.config.widths == WIDE  # training goes on from the wide probe
     assert sized.widths == WIDE and sized.low_res_fraction == 0.0 and sized.max_steps == plan.steps
     assert plan.steps >= WIDER_MIN_EPOCHS * plan.steps_per_epoch and "wider net" in plan.decision
     assert plan.record()["budget.decision"] == plan.decision
@@ -225,8 +254,9 @@ def test_the_narrow_net_trains_in_the_time_left_after_timing_a_wider_one_that_do
 ) -> None:
     # the FLOPs say ~8.5 of the wider net's epochs may fit, so it is timed; it runs slower than they say: ~5 fit
     probed = _fake_probes(monkeypatch, {NARROW: 1000.0, WIDE: 160.0})
-    sized, _, probe, plan = size_to_budget(recipe_config("fast"), DATA_45K, 1500.0, LOG, recipe_config("long"))
+    sized, budget, probe, plan = size_to_budget(recipe_config("fast"), DATA_45K, 1500.0, LOG, recipe_config("long"))
     assert probed == [NARROW, WIDE] and sized.widths == NARROW and "narrow net" in plan.decision
+    assert budget.warm.config.widths == NARROW
     assert probe.train_images_per_second == 1000.0 and probe.seconds >= 0.4  # the narrow figures, both probes' time
     replanned = plan_budget(1500.0, probe, 45_000, 5_000, 2000, 0.7, whiten_bias_epochs=3)
     assert plan == dataclasses.replace(replanned, decision=plan.decision)

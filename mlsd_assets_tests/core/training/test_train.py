@@ -153,6 +153,7 @@ def test_progressive_resizing_trains_the_first_steps_small_then_the_rest_at_full
 
         low_res_cost = 0.8
         whiten_bias_cost = 1.3
+        warm = None  # no probe: training builds its model
         costs: list[StepCosts] = []  # what training priced its steps by at each re-size
 
         def total_steps(self, done: int, *args: object) -> int:
