@@ -62,7 +62,7 @@ def main() -> int:
     from train_time_to_accuracy import load_official  # this folder is on sys.path when run as a script
 
     from mlsd_assets.core.platform.env_info import cpu_info
-    from mlsd_assets.core.training.budget import measure_throughput
+    from mlsd_assets.core.training.budget import probe_training
     from mlsd_assets.core.training.recipes import recipe_config
     from mlsd_assets.core.training.train import TrainData
 
@@ -79,7 +79,7 @@ def main() -> int:
     for r in range(args.rounds):
         for name, overrides in variants[r % len(variants) :] + variants[: r % len(variants)]:
             config = dataclasses.replace(base, **overrides)
-            probe = measure_throughput(config, arrays, log, steps=3)  # the budget times one step; this, three
+            probe = probe_training(config, arrays, log, steps=3)[0]  # the budget times one step; this, three
             speeds[name].append(probe.train_images_per_second)
             precisions[name] = probe.precision
             print(f"round {r + 1} {name:<16} {probe.train_images_per_second:7.0f} img/s", flush=True)

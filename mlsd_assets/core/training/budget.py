@@ -144,18 +144,6 @@ class WarmStart:
         return dataclasses.replace(self.config, **length) == dataclasses.replace(config, **length)
 
 
-def measure_throughput(
-    config: TrainConfig,
-    data: TrainData,
-    logger: logging.Logger,
-    steps: int = 1,
-    device: torch.device | None = None,
-    max_seconds: float = 15.0,
-) -> Throughput:
-    """What `probe_training` measures, the model it trained set aside (benchmarks that only time)."""
-    return probe_training(config, data, logger, steps, device, max_seconds)[0]
-
-
 def probe_training(
     config: TrainConfig,
     data: TrainData,

@@ -304,7 +304,7 @@ class _Objective:
         """The trial's config sized to its budget (a probe per net shape, reused), the budget, the probe's
         estimate of one validation pass and its prices of a low-resolution step and of training the whitening
         bias; with `trial_epochs`, that many epochs and no budget."""
-        from mlsd_assets.core.training.budget import budgeted, measure_throughput, plan_budget
+        from mlsd_assets.core.training.budget import budgeted, plan_budget, probe_training
 
         if self.settings.trial_budget_s is None:
             return dataclasses.replace(config, epochs=int(self.settings.trial_epochs or 1)), None, 0.0, (1.0, 1.0)
@@ -312,7 +312,7 @@ class _Objective:
         shape = (config.architecture, config.widths, config.batch_size, config.precision, config.threads)
         shape += (config.low_res_fraction > 0, config.low_res_size, config.whiten_bias_epochs > 0)
         if shape not in self.probes:
-            self.probes[shape] = measure_throughput(config, d, self.logger, steps=2, max_seconds=10.0)
+            self.probes[shape] = probe_training(config, d, self.logger, steps=2, max_seconds=10.0)[0]
         probe = dataclasses.replace(self.probes[shape], seconds=time.monotonic() - started)
         budget_s = self.settings.trial_budget_s
         fraction = config.low_res_fraction
