@@ -125,8 +125,8 @@ def train(
     cost ~8% of a short run. With a `budget`, the remaining steps (and the lr schedule's horizon) are re-sized
     after every epoch and at every progress line from the speed just measured, so that training ends on time
     even when the machine gets slower or faster; a budget from `size_to_budget` also hands over the probe's
-    model (`budget.warm`), whose steps training continues from. An exception from `on_epoch` propagates unchanged; the
-    checkpoint then holds that epoch."""
+    model (`budget.warm`), whose steps training continues from. An exception from `on_epoch` propagates
+    unchanged; the checkpoint then holds that epoch."""
     device = pick_device()
     precision = _setup(config, device, logger)
     if len(data.val_labels) == 0:
