@@ -131,7 +131,7 @@ class BudgetPlan:
 class WarmStart:
     """The probe's model and optimizers after its real training steps, which the run continues from (its lr
     schedule then starts at step 0): the probe's steps train the model instead of being thrown away. On 2 cores
-    they were 5 steps of 2,000 images in 7-26 s, 1.5-5.5% of an 8-minute budget (README, Benchmarks)."""
+    they were 5 steps of 2,000 images in 5-26 s, 1-5.5% of an 8-minute budget (README, Benchmarks)."""
 
     model: InferenceModel
     optimizers: list[torch.optim.Optimizer]
